@@ -1,0 +1,143 @@
+"""The paper's experimental design as data (no torch): tasks, P/F modes, the
+Table 3 scenarios, model-id grammar and the paper's reference numbers.
+
+The workflow and the report both read this module, so the design lives once.
+"""
+from __future__ import annotations
+
+import re
+
+TASKS = ("rotation", "jigsaw", "selfie")
+TASK_LABEL = {"rotation": "Rotation", "jigsaw": "Jigsaw", "selfie": "Selfie"}
+
+# Pretraining modes: the directory name of a pretrained model is "<task>-<mode>".
+PRETRAIN_MODES = {"P2": "std", "P3": "adv"}
+# Fine-tuning modes: F1 partial ST, F2 partial AT, F3 full ST, F4 full AT.
+FINETUNE_MODES = {
+    "F1": "partial-std",
+    "F2": "partial-adv",
+    "F3": "full-std",
+    "F4": "full-adv",
+}
+FT_TO_F = {v: k for k, v in FINETUNE_MODES.items()}
+
+# Table 3: 8 scenarios; P1 rows are shared by the three tasks.
+TABLE3_SCENARIOS = (
+    ("P1", "F3"), ("P1", "F4"),
+    ("P2", "F3"), ("P2", "F4"),
+    ("P3", "F1"), ("P3", "F2"), ("P3", "F3"), ("P3", "F4"),
+)
+
+# Revision numbers: bump one after a real bug fix to rerun exactly the jobs using it.
+REVISION = {"data": 1, "pgd": 1, "rotation": 1, "jigsaw": 1, "selfie": 1, "train": 1, "evaluate": 1}
+
+# Grammar of path segments.
+PT_RE = r"(rotation|jigsaw|selfie)-(std|adv)"
+SRC_RE = r"scratch|" + PT_RE
+FT_RE = r"(partial|full)-(std|adv)"
+
+
+def pretrain_id(task: str, p: str) -> str:
+    """Model id of a pretrained trunk: P2 -> '<task>-std', P3 -> '<task>-adv'."""
+    if task not in TASKS:
+        raise ValueError(f"unknown pretext task {task!r}; choose from {TASKS}")
+    if p not in PRETRAIN_MODES:
+        raise ValueError(f"unknown pretraining mode {p!r}; choose from {sorted(PRETRAIN_MODES)}")
+    return f"{task}-{PRETRAIN_MODES[p]}"
+
+
+def source_id(task: str, p: str) -> str:
+    """Fine-tuning source: 'scratch' for P1 (shared by all tasks), else the pretrain id."""
+    return "scratch" if p == "P1" else pretrain_id(task, p)
+
+
+def finetune_id(f: str) -> str:
+    if f not in FINETUNE_MODES:
+        raise ValueError(f"unknown fine-tuning mode {f!r}; choose from {sorted(FINETUNE_MODES)}")
+    return FINETUNE_MODES[f]
+
+
+def parse_ft(ft: str) -> tuple[bool, bool]:
+    """'partial-adv' -> (partial=True, adversarial=True)."""
+    m = re.fullmatch(FT_RE, ft)
+    if not m:
+        raise ValueError(f"bad fine-tuning id {ft!r}; expected {FT_RE}")
+    return m.group(1) == "partial", m.group(2) == "adv"
+
+
+def parse_pt(pt: str) -> tuple[str, str]:
+    """'rotation-adv' -> ('rotation', 'adv')."""
+    m = re.fullmatch(PT_RE, pt)
+    if not m:
+        raise ValueError(f"bad pretrained-model id {pt!r}; expected {PT_RE}")
+    return m.group(1), m.group(2)
+
+
+def scenario_jobs(scenarios, tasks):
+    """Expand (P, F) scenarios over tasks into unique (src, ft) fine-tuning jobs."""
+    jobs = []
+    for p, f in scenarios:
+        for t in tasks:
+            job = (source_id(t, p), finetune_id(f))
+            if job not in jobs:
+                jobs.append(job)
+    return jobs
+
+
+def pretrain_jobs(scenarios, tasks):
+    """Pretrained-model ids that the given scenarios need."""
+    out = []
+    for p, _ in scenarios:
+        if p == "P1":
+            continue
+        for t in tasks:
+            pid = pretrain_id(t, p)
+            if pid not in out:
+                out.append(pid)
+    return out
+
+
+# ---------------------------------------------------------------- paper numbers
+# Table 3, CIFAR-10, ResNet-50: (TA, RA, epochs to best).
+_P1 = {"P1F3": (94.24, 0.00, 92), "P1F4": (84.72, 47.22, 99)}
+PAPER_TABLE3 = {
+    "selfie": {**_P1, "P2F3": (95.09, 0.00, 97), "P2F4": (85.56, 50.42, 60),
+               "P3F1": (78.93, 6.30, 82), "P3F2": (74.30, 37.65, 64),
+               "P3F3": (94.69, 0.00, 86), "P3F4": (86.02, 51.05, 50)},
+    "rotation": {**_P1, "P2F3": (95.45, 0.00, 92), "P2F4": (86.66, 50.95, 45),
+                 "P3F1": (86.83, 18.22, 99), "P3F2": (82.32, 45.10, 47),
+                 "P3F3": (94.79, 0.00, 92), "P3F4": (85.66, 50.40, 46)},
+    "jigsaw": {**_P1, "P2F3": (93.93, 0.00, 89), "P2F4": (85.18, 50.94, 46),
+               "P3F1": (80.47, 2.68, 87), "P3F2": (72.76, 32.59, 51),
+               "P3F3": (93.06, 0.00, 93), "P3F4": (84.50, 49.61, 48)},
+}
+# Table 4: ASR (%), rows = evaluated model, columns = attack source.
+PAPER_TABLE4 = {
+    "selfie": {"selfie": 48.95, "rotation": 37.75, "jigsaw": 36.65},
+    "rotation": {"selfie": 38.92, "rotation": 49.60, "jigsaw": 38.12},
+    "jigsaw": {"selfie": 38.96, "rotation": 39.56, "jigsaw": 51.17},
+}
+# Table 5: (TA, RA, epochs).
+PAPER_TABLE5 = {
+    "selfie": (86.02, 51.05, 50), "rotation": (85.66, 50.40, 46), "jigsaw": (83.74, 48.83, 48),
+    "AP+SE": (84.44, 49.53, 47), "AP+DPE": (83.00, 52.22, 56),
+}
+# Table 6: (TA, RA) of ensembles of (P3,F4) models.
+PAPER_TABLE6 = {
+    "jigsaw+rotation": (85.36, 53.08), "jigsaw+selfie": (85.64, 53.32),
+    "rotation+selfie": (86.51, 53.83), "jigsaw+rotation+selfie": (86.04, 54.64),
+}
+# Table 7: (TA, RA, epochs) per pretraining-pool size.
+PAPER_TABLE7 = {
+    "30K": {"F2": (65.65, 30.00, 70), "F4": (85.29, 49.64, 42)},
+    "50K": {"F2": (66.87, 30.42, 87), "F4": (85.26, 49.66, 61)},
+    "150K": {"F2": (67.73, 30.24, 95), "F4": (85.18, 50.61, 55)},
+}
+# Table 8: random-smoothing pretraining, (TA, RA, epochs).
+PAPER_TABLE8 = {
+    "F2": {"selfie": (71.9, 30.57, 61), "rotation": (74.7, 34.23, 78), "jigsaw": (74.66, 33.84, 68)},
+    "F4": {"selfie": (85.14, 50.23, 48), "rotation": (85.62, 51.25, 46), "jigsaw": (85.18, 50.94, 46)},
+}
+# Figure 1: epochs to best RA.
+PAPER_FIGURE1_EPOCHS = {"Ensemble fine-tune": 144, "Baseline": 99, "Ensemble pretrain": 56,
+                        "Selfie": 50, "Jigsaw": 48, "Rotation": 46}
