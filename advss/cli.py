@@ -1,0 +1,100 @@
+"""`python -m advss <command>`: argument parsing only; each command is one call.
+
+Every workflow job is one such line, so a person can copy it from a log and run it.
+The job's result-affecting settings arrive as one JSON `--spec`; paths as flags.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _spec(s: str) -> dict:
+    text = Path(s[1:]).read_text() if s.startswith("@") else s
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"--spec is not valid JSON: {e}") from None
+    if not isinstance(spec, dict):
+        raise argparse.ArgumentTypeError("--spec must be a JSON object")
+    return spec
+
+
+def _common(p, data=True):
+    p.add_argument("--spec", type=_spec, required=True, help="job spec as JSON (or @file.json)")
+    if data:
+        p.add_argument("--data", required=True, help="dataset file written by `advss prepare`")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="advss", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("prepare", help="build a dataset file (uint8 tensors + seeded split)")
+    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--out", required=True)
+
+    for name in ("pretrain", "finetune"):
+        p = sub.add_parser(name, help=f"{name} a model with the one training loop")
+        _common(p)
+        p.add_argument("--init", help="pretrained checkpoint whose trunk starts the model")
+        p.add_argument("--out-model", required=True)
+        p.add_argument("--out-metrics", required=True)
+        p.add_argument("--out-meta", required=True)
+        p.add_argument("--out-best-ta", help="also save the best-validation-TA checkpoint here")
+        p.add_argument("--resume-dir", help="per-epoch resume state (not a workflow output)")
+
+    p = sub.add_parser("evaluate", help="test TA / PGD RA and per-example vectors of a checkpoint")
+    _common(p)
+    p.add_argument("--model", required=True)
+    p.add_argument("--out-json", required=True)
+    p.add_argument("--out-npz", required=True)
+
+    for name in ("table", "figure"):
+        p = sub.add_parser(name, help=f"make one {name} from result files")
+        p.add_argument("name")
+        p.add_argument("--spec", type=_spec, required=True)
+        p.add_argument("--out", required=True, help="output path without extension")
+    return ap
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    from advss.io import AdvssError
+
+    try:
+        if getattr(args, "threads", 0):
+            import torch
+
+            torch.set_num_threads(args.threads)
+        _dispatch(args)
+    except (AdvssError, ValueError, KeyError) as e:
+        msg = f"missing key {e}" if isinstance(e, KeyError) else str(e)
+        print(f"advss {args.cmd}: error: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _dispatch(args):
+    if args.cmd == "prepare":
+        from advss.data import prepare
+
+        prepare(args.spec, args.out)
+    elif args.cmd in ("pretrain", "finetune"):
+        from advss.train import train
+
+        train({**args.spec, "stage": args.cmd}, args.data, args.out_model, args.out_metrics, args.out_meta,
+              init=args.init, out_best_ta=args.out_best_ta, resume_dir=args.resume_dir, device=args.device,
+              log=lambda m: print(m, flush=True))
+    elif args.cmd == "evaluate":
+        from advss.evaluate import run
+
+        res = run(args.spec, args.data, args.model, args.out_json, args.out_npz, args.device)
+        print(json.dumps(res))
+    else:
+        from advss.report import make
+
+        make(args.name, args.spec, args.out)

@@ -1,0 +1,173 @@
+"""Tables (CSV, Markdown, LaTeX) and figures (PNG, PDF) built from result files only.
+
+Every table puts the measured numbers next to the paper's. With several seeds a
+cell shows mean ± std over seeds and the CSV adds n and a 95% t-interval.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from advss import protocol as P
+from advss.io import AdvssError, atomic_path, read_json, write_text
+
+# Two-sided 95% Student-t quantiles by degrees of freedom (1..30); normal beyond.
+_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def t95(dof: int) -> float:
+    return _T95[dof - 1] if 1 <= dof <= len(_T95) else 1.96
+
+
+def aggregate(df: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFrame:
+    """Mean, std, n and 95% CI half-width of `values` over seeds, per group of `keys`."""
+    rows = []
+    for k, g in df.groupby(keys, sort=False):
+        row = dict(zip(keys, k if isinstance(k, tuple) else (k,)))
+        n = len(g)
+        row["n_seeds"] = n
+        for v in values:
+            s = g[v].astype(float)
+            row[v] = s.mean()
+            row[f"{v}_std"] = s.std(ddof=1) if n > 1 else float("nan")
+            row[f"{v}_ci95"] = t95(n - 1) * row[f"{v}_std"] / math.sqrt(n) if n > 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def fmt(mean, std=float("nan"), digits=2) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    s = f"{mean:.{digits}f}"
+    return s if std is None or math.isnan(std) else f"{s} ± {std:.{digits}f}"
+
+
+# -------------------------------------------------------------- writers
+def _markdown(df: pd.DataFrame, caption: str) -> str:
+    cols = [str(c) for c in df.columns]
+    lines = [f"**{caption}**", "", "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("±", r"$\pm$"), ("–", "--"), ("→", r"$\to$"), ("ε", r"$\epsilon$")):
+        s = s.replace(a, b)
+    return s
+
+
+def _latex(df: pd.DataFrame, caption: str, label: str) -> str:
+    cols = [_latex_escape(str(c)) for c in df.columns]
+    body = [" & ".join(_latex_escape(str(v)) for v in r) + r" \\" for r in df.itertuples(index=False)]
+    return "\n".join([r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_escape(caption)}}}",
+                      rf"\label{{tab:{label}}}", r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule",
+                      " & ".join(cols) + r" \\", r"\midrule", *body, r"\bottomrule", r"\end{tabular}",
+                      r"\end{table}"]) + "\n"
+
+
+def write_table(display: pd.DataFrame, csv_df: pd.DataFrame, prefix, caption: str):
+    """`display` (formatted strings) goes to .md and .tex; `csv_df` (numbers) to .csv."""
+    prefix = Path(prefix)
+    with atomic_path(prefix.with_suffix(".csv")) as tmp:
+        csv_df.to_csv(tmp, index=False)
+    write_text(prefix.with_suffix(".md"), _markdown(display, caption))
+    write_text(prefix.with_suffix(".tex"), _latex(display, caption, prefix.name))
+
+
+def save_figure(fig, prefix):
+    prefix = Path(prefix)
+    for ext in ("png", "pdf"):
+        with atomic_path(prefix.with_suffix(f".{ext}")) as tmp:
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+
+
+# -------------------------------------------------------------- result access
+def finetune_dir(run_dir, src, ft, seed) -> Path:
+    return Path(run_dir) / "finetune" / src / ft / f"seed{seed}"
+
+
+def finetune_result(run_dir, src, ft, seed) -> dict:
+    d = finetune_dir(run_dir, src, ft, seed)
+    test, meta = read_json(d / "test.json"), read_json(d / "meta.json")
+    return {"ta": 100 * test["ta"], "ra": 100 * test["ra"], "epochs": meta["epochs_to_best"],
+            "epochs_run": meta["epochs_run"], "config_hash": meta["spec_hash"]}
+
+
+# -------------------------------------------------------------- Table 3
+def table3_frame(spec: dict) -> pd.DataFrame:
+    rows = []
+    for p, f in spec["scenarios"]:
+        for t in spec["tasks"]:
+            for seed in spec["seeds"]:
+                r = finetune_result(spec["run_dir"], P.source_id(t, p), P.finetune_id(f), seed)
+                rows.append({"scenario": f"({p},{f})", "task": P.TASK_LABEL[t], "seed": seed, **r})
+    return pd.DataFrame(rows)
+
+
+def table3(spec: dict, prefix):
+    per_seed = table3_frame(spec)
+    agg = aggregate(per_seed, ["scenario", "task"], ["ta", "ra", "epochs"])
+    paper = [P.PAPER_TABLE3[t.lower()].get(s.strip("()").replace(",", ""), (None,) * 3)
+             for s, t in zip(agg["scenario"], agg["task"])]
+    agg["paper_ta"], agg["paper_ra"], agg["paper_epochs"] = zip(*paper)
+    display = pd.DataFrame({
+        "Scenario": agg["scenario"], "Task": agg["task"],
+        "TA": [fmt(m, s) for m, s in zip(agg["ta"], agg["ta_std"])],
+        "RA": [fmt(m, s) for m, s in zip(agg["ra"], agg["ra_std"])],
+        "Epochs": [fmt(m, s, 1) for m, s in zip(agg["epochs"], agg["epochs_std"])],
+        "Paper TA": agg["paper_ta"], "Paper RA": agg["paper_ra"], "Paper Epochs": agg["paper_epochs"],
+    })
+    n = int(agg["n_seeds"].min())
+    caption = (f"Table 3 ({spec['run']}): TA / RA (PGD-{spec['eval_steps']}, %) of the best-RA checkpoint and "
+               f"epochs to best, {'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}; "
+               f"paper values (CIFAR-10, ResNet-50) beside. P1 rows are shared by the three tasks. "
+               f"config {spec['config_hash']}")
+    write_table(display, agg, prefix, caption)
+    return agg
+
+
+# -------------------------------------------------------------- Figure 1
+def figure1(spec: dict, prefix):
+    """TA against RA of the (P3,F4) models and the (P1,F4) baseline; marker area ∝
+    epochs to the best validation RA, as in the paper's Figure 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [("Baseline (P1,F4)", "scratch")] + [(f"{P.TASK_LABEL[t]} (P3,F4)", P.pretrain_id(t, "P3"))
+                                                  for t in spec["tasks"]]
+    points += [(label, src) for label, src in spec.get("extra_points", [])]
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for (label, src), color in zip(points, plt.cm.tab10.colors):
+        rs = [finetune_result(spec["run_dir"], src, "full-adv", s) for s in spec["seeds"]]
+        ta = sum(r["ta"] for r in rs) / len(rs)
+        ra = sum(r["ra"] for r in rs) / len(rs)
+        ep = sum(r["epochs"] for r in rs) / len(rs)
+        if len(rs) > 1:
+            sd = pd.DataFrame(rs).std(ddof=1)
+            ax.errorbar(ra, ta, xerr=sd["ra"], yerr=sd["ta"], color=color, capsize=3, lw=1, zorder=1)
+        ax.scatter(ra, ta, s=40 + 25 * ep, color=color, alpha=0.75, edgecolor="k", zorder=2,
+                   label=f"{label}: {ep:.0f} ep")
+    ax.set_xlabel("robust accuracy RA (%)")
+    ax.set_ylabel("standard accuracy TA (%)")
+    ax.set_title(f"Figure 1 ({spec['run']}): marker area ∝ epochs to best RA")
+    ax.legend(fontsize=7, loc="best", markerscale=0.4)
+    ax.grid(alpha=0.3)
+    save_figure(fig, prefix)
+    plt.close(fig)
+
+
+TABLES = {"table3": table3}
+FIGURES = {"figure1": figure1}
+
+
+def make(name: str, spec: dict, prefix):
+    fn = {**TABLES, **FIGURES}.get(name)
+    if fn is None:
+        raise AdvssError(f"unknown table or figure {name!r}; choose from {sorted({**TABLES, **FIGURES})}")
+    return fn(spec, prefix)

@@ -1,0 +1,262 @@
+"""The one training loop: pretraining (P2/P3, any task) and fine-tuning (F1–F4).
+
+Resumable at batch granularity: every batch draws its randomness from a generator
+seeded by (seed, epoch, batch), and `last.pt` in the resume directory (never a
+declared workflow output) holds weights, optimiser and history after each epoch,
+or mid-epoch when SIGTERM/SIGUSR1 (SLURM's warning) arrives. A resumed run thus
+ends with exactly the metrics of an uninterrupted one in deterministic mode.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io as _io
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from advss import data as D
+from advss.attacks import Threat, pgd
+from advss.io import (AdvssError, batch_seed, exclusive_lock, generator, pick_device, provenance, set_deterministic,
+                      spec_hash, torch_load, torch_save, write_json, write_text)
+from advss.models import Model, build_trunk, load_checkpoint, load_trunk, save_checkpoint
+from advss.objectives import OBJECTIVES
+from advss.pretext import build_task
+
+METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_ta", "val_ra", "seconds"]
+
+
+# ------------------------------------------------------------------ schedules
+def lr_at(optim: dict, epoch: int, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """Learning rate at a global step. 'step': ×gamma at each milestone epoch;
+    'cosine': linear warm-up from warmup_lr over warmup_steps, then cosine to 0."""
+    lr = float(optim["lr"])
+    sched = optim.get("schedule", "step")
+    if sched == "step":
+        return lr * optim.get("gamma", 0.1) ** sum(epoch >= m for m in optim.get("milestones", []))
+    if sched == "cosine":
+        warm = int(optim.get("warmup_steps", 0))
+        if step < warm:
+            w0 = float(optim.get("warmup_lr", lr * 0.1))
+            return w0 + (lr - w0) * step / warm
+        total = max(1, epochs * steps_per_epoch - warm)
+        return 0.5 * lr * (1 + math.cos(math.pi * min(1.0, (step - warm) / total)))
+    if sched == "constant":
+        return lr
+    raise ValueError(f"unknown lr schedule {sched!r}")
+
+
+# ----------------------------------------------------------------- evaluation
+def evaluate(model, task, x, y, threat: Threat | None, batch_size: int, seed: int = 0):
+    """Clean and (optionally) PGD correctness per example, model in eval mode.
+    Returns dict of float tensors: clean, adv (or None), pred_clean, pred_adv."""
+    was = model.training
+    model.eval()
+    clean, adv, pc, pa = [], [], [], []
+    for b, i in enumerate(range(0, len(x), batch_size)):
+        gen = generator(batch_seed(seed, -1, b), x.device)
+        xb = D.to_float(x[i:i + batch_size]) if x.dtype == torch.uint8 else x[i:i + batch_size]
+        inputs, targets = task.make_batch(xb, y[i:i + batch_size], gen)
+        with torch.no_grad():
+            _, logits = task.loss(model, inputs, targets)
+        clean.append(task.correct(logits, targets).float())
+        pc.append(logits.argmax(-1))
+        if threat is not None:
+            x_adv = pgd(lambda z: task.loss(model, z, targets)[0], inputs, threat, gen)
+            with torch.no_grad():
+                _, logits_adv = task.loss(model, x_adv, targets)
+            adv.append(task.correct(logits_adv, targets).float())
+            pa.append(logits_adv.argmax(-1))
+    model.train(was)
+    cat = lambda v: torch.cat(v).cpu() if v else None  # noqa: E731
+    return {"clean": cat(clean), "adv": cat(adv), "pred_clean": cat(pc), "pred_adv": cat(pa)}
+
+
+# ----------------------------------------------------------------- the loop
+class _Stop:
+    """SIGTERM / SIGUSR1 ask the loop to save and exit at the next batch boundary."""
+
+    def __init__(self):
+        self.requested = None
+        for s in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = signal.Signals(signum).name
+
+
+def _set_mode(model: Model, partial: bool):
+    model.train()
+    if partial:
+        model.trunk.eval()  # a frozen trunk keeps its BN statistics too
+
+
+def _rows_to_csv(rows) -> str:
+    buf = _io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def build(spec: dict, num_classes: int, task_state=None):
+    task = build_task(spec["task"], spec.get("pretext", {}), num_classes, state=task_state)
+    trunk = build_trunk(spec["model"])
+    return Model(trunk, task.build_head(trunk)), task
+
+
+def train(spec: dict, data_path, out_model, out_metrics, out_meta, init=None, out_best_ta=None,
+          resume_dir=None, device="auto", log=print):
+    started = time.time()
+    stage = spec["stage"]
+    dev = pick_device(device)
+    set_deterministic(spec.get("deterministic", False))
+    torch.manual_seed(spec["seed"])
+    data = D.load(data_path, dev)
+    model, task = build(spec, data["num_classes"])
+    transfer = None
+    if init:
+        ck = load_checkpoint(init, spec["model"])
+        transfer = load_trunk(model, ck, ck.get("transfer_prefixes", ["trunk."]), init)
+        log(f"loaded {transfer['loaded']} pretrained trunk tensors from {init}; "
+            f"{len(transfer['kept_at_init'])} kept at init")
+    model.to(dev)
+    partial = bool(spec.get("partial", False))
+    if partial:
+        if not init:
+            raise AdvssError("partial fine-tuning (F1/F2) needs a pretrained model (--init)")
+        for p in model.trunk.parameters():
+            p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = spec["optim"]
+    opt = torch.optim.SGD(params, lr=float(o["lr"]), momentum=float(o.get("momentum", 0.9)),
+                          weight_decay=float(o.get("weight_decay", 0.0)), nesterov=bool(o.get("nesterov", False)))
+    obj = spec["objective"]
+    objective = OBJECTIVES[obj["kind"]]
+    threat_cfg = spec.get("threat")
+    train_threat = Threat.from_cfg(threat_cfg, "train_steps") if threat_cfg else None
+    eval_threat = Threat.from_cfg(threat_cfg, "eval_steps") if threat_cfg and spec.get("eval_ra", True) else None
+    if obj["kind"] in ("adversarial", "trades") and train_threat is None:
+        raise AdvssError(f"objective {obj['kind']!r} needs a threat model in the spec")
+
+    fx, fy = data["fit"]
+    vx, vy = data["val"]
+    if spec.get("val_max"):
+        vx, vy = vx[: spec["val_max"]], vy[: spec["val_max"]]
+    bs, epochs, seed = int(spec["batch_size"]), int(spec["epochs"]), int(spec["seed"])
+    steps_per_epoch = math.ceil(len(fx) / bs)
+    h = spec_hash(spec)
+
+    # ---- resume
+    state = {"epoch": 0, "batch": 0, "rows": [], "run": {"loss": 0.0, "correct": 0.0, "n": 0, "seconds": 0.0},
+             "best_ra": -1.0, "best_ta": -1.0, "best_ra_epoch": 0, "best_ta_epoch": 0,
+             "best_ra_state": None, "best_ta_state": None}
+    resume_file = Path(resume_dir) / "last.pt" if resume_dir else None
+    lock = exclusive_lock(resume_dir) if resume_dir else contextlib.nullcontext()
+    with lock:
+        if resume_file and resume_file.exists():
+            r = torch_load(resume_file, "resume checkpoint")
+            if r.get("spec_hash") != h:
+                raise AdvssError(f"resume file {resume_file} belongs to a different job spec "
+                                 f"({r.get('spec_hash')} != {h}); delete it to start over")
+            model.load_state_dict(r["model"])
+            opt.load_state_dict(r["optim"])
+            state = r["state"]
+            log(f"resuming from {resume_file}: epoch {state['epoch'] + 1}, batch {state['batch']}")
+
+        def save_resume():
+            torch_save(resume_file, {"spec_hash": h, "model": model.state_dict(), "optim": opt.state_dict(),
+                                     "state": state})
+
+        stop = _Stop()
+        select = spec.get("select_by", "val_ra" if eval_threat else "val_ta")
+        while state["epoch"] < epochs:
+            epoch = state["epoch"]
+            t0 = time.time()
+            _set_mode(model, partial)
+            order = torch.randperm(len(fx), generator=generator(batch_seed(seed, epoch, -1), dev), device=dev)
+            run = state["run"]
+            loss_acc = torch.zeros((), device=dev)
+            for b in range(state["batch"], steps_per_epoch):
+                lr = lr_at(o, epoch, epoch * steps_per_epoch + b, steps_per_epoch, epochs)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                gen = generator(batch_seed(seed, epoch, b), dev)
+                torch.manual_seed(batch_seed(seed, epoch, b))  # dropout draws (Selfie's transformer)
+                idx = order[b * bs:(b + 1) * bs]
+                xb = D.augment(D.to_float(fx[idx]), gen) if spec.get("augment", True) else D.to_float(fx[idx])
+                inputs, targets = task.make_batch(xb, fy[idx], gen)
+                loss, logits = objective(model, task, inputs, targets, gen, obj, train_threat)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_acc += loss.detach() * len(idx)
+                run["correct"] += float(task.correct(logits.detach(), targets).float().sum())
+                run["n"] += len(idx)
+                state["batch"] = b + 1
+                if (b + 1) % 50 == 0 or b + 1 == steps_per_epoch or stop.requested:
+                    run["loss"] += float(loss_acc)
+                    loss_acc.zero_()
+                    if not math.isfinite(run["loss"]):
+                        raise AdvssError(f"loss is {run['loss']} at epoch {epoch + 1}, batch {b + 1}: training "
+                                         f"diverged (lr {lr:g}); stopping instead of saving a broken model")
+                if stop.requested and b + 1 < steps_per_epoch:
+                    run["seconds"] += time.time() - t0
+                    if resume_file:
+                        save_resume()
+                        log(f"received {stop.requested}: saved {resume_file} at epoch {epoch + 1} batch {b + 1}; exiting")
+                    sys.exit(143)
+            seconds = run["seconds"] + time.time() - t0
+            ev = evaluate(model, task, vx, vy, eval_threat, max(bs, 256), seed)
+            row = {"epoch": epoch + 1, "lr": round(lr, 8), "train_loss": round(run["loss"] / max(run["n"], 1), 6),
+                   "train_acc": round(run["correct"] / max(run["n"], 1), 6),
+                   "val_ta": round(float(ev["clean"].mean()), 6),
+                   "val_ra": round(float(ev["adv"].mean()), 6) if ev["adv"] is not None else "",
+                   "seconds": round(seconds, 2)}
+            state["rows"].append(row)
+            sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if row["val_ta"] > state["best_ta"]:
+                state.update(best_ta=row["val_ta"], best_ta_epoch=epoch + 1, best_ta_state=sd)
+            if row["val_ra"] != "" and row["val_ra"] > state["best_ra"]:
+                state.update(best_ra=row["val_ra"], best_ra_epoch=epoch + 1, best_ra_state=sd)
+            state.update(epoch=epoch + 1, batch=0, run={"loss": 0.0, "correct": 0.0, "n": 0, "seconds": 0.0})
+            eta = seconds * (epochs - epoch - 1)
+            log(_epoch_line(row, epochs, eta))
+            if resume_file:
+                save_resume()
+            if stop.requested:
+                log(f"received {stop.requested}: epoch {epoch + 1} saved in {resume_file}; exiting")
+                sys.exit(143)
+
+        final = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        chosen = {"val_ra": state["best_ra_state"], "val_ta": state["best_ta_state"], "last": final}[select]
+        if chosen is None:
+            raise AdvssError(f"select_by={select!r} but no such metric was recorded")
+        extra = {"task": spec["task"], "task_state": task.state(), "transfer_prefixes": list(task.transfer_prefixes),
+                 "spec_hash": h}
+        model.load_state_dict(chosen)
+        save_checkpoint(out_model, model, spec["model"], **extra)
+        if out_best_ta:
+            model.load_state_dict(state["best_ta_state"])
+            save_checkpoint(out_best_ta, model, spec["model"], **extra)
+        write_text(out_metrics, _rows_to_csv(state["rows"]))
+        write_json(out_meta, provenance(
+            spec, dev, started, stage=stage, epochs_run=len(state["rows"]), select_by=select,
+            best_ra=state["best_ra"], best_ra_epoch=state["best_ra_epoch"],
+            best_ta=state["best_ta"], best_ta_epoch=state["best_ta_epoch"],
+            epochs_to_best=state["best_ra_epoch"] if select == "val_ra" else state["best_ta_epoch"],
+            transfer=transfer))
+        if resume_file and resume_file.exists():
+            resume_file.unlink()
+    return state
+
+
+def _epoch_line(row, epochs, eta):
+    ra = "  n/a" if row["val_ra"] == "" else f"{row['val_ra']:.3f}"
+    return (f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:<9.4g} loss {row['train_loss']:<8.4f} "
+            f"acc {row['train_acc']:.3f}  val TA {row['val_ta']:.3f}  val RA {ra}  "
+            f"{row['seconds']:6.1f}s  ETA {eta:5.0f}s")

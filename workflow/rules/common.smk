@@ -1,0 +1,188 @@
+# Config loading, validation and the helpers every rule uses (functions only).
+import json
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+from advss import protocol as P
+
+min_version("8.0")
+
+
+def _config_files():
+    files = [str(f) for f in (workflow.overwrite_configfiles or workflow.configfiles or [])]
+    return ", ".join(files) or "the config"
+
+
+def _fraction(v):
+    if isinstance(v, str):
+        a, b = v.split("/")
+        return float(a) / float(b)
+    return float(v)
+
+
+def check_config(cfg):
+    """Cross-key checks JSON Schema cannot express; each names the key."""
+    problems = []
+    t = cfg["threat"]
+    if _fraction(t["step"]) > _fraction(t["eps"]):
+        problems.append(f"threat.step ({t['step']}) is larger than threat.eps ({t['eps']})")
+    tasks = cfg["pretrain"]["tasks"]
+    for key in ("batch_size", "optim"):
+        missing = [x for x in tasks if x not in cfg["pretrain"][key]]
+        if missing:
+            problems.append(f"pretrain.{key} has no entry for task(s) {missing}")
+    if cfg["data"]["name"] != "procedural" and not cfg["data"].get("root"):
+        problems.append(f"data.root is required for data.name={cfg['data']['name']!r}")
+    if cfg["data"]["name"] == "procedural" and cfg["data"].get("procedural", {}).get("n_per_class", 0) < 1:
+        problems.append("data.procedural.n_per_class must be at least 1")
+    for opt_key, o in [("finetune.optim", cfg["finetune"]["optim"])] + [
+        (f"pretrain.optim.{k}", v) for k, v in cfg["pretrain"]["optim"].items()
+    ]:
+        if o["schedule"] == "step" and not o.get("milestones"):
+            problems.append(f"{opt_key}: schedule 'step' needs milestones")
+    sel = cfg["pretext"].get("selfie", {})
+    if "selfie" in tasks and sel.get("d_model") and sel["d_model"] % sel.get("heads", 1):
+        problems.append("pretext.selfie.d_model must be divisible by pretext.selfie.heads")
+    if problems:
+        raise WorkflowError(f"invalid config ({_config_files()}):\n  - " + "\n  - ".join(problems))
+
+
+try:
+    validate(config, schema="../schemas/config.schema.yaml")
+except WorkflowError as e:
+    raise WorkflowError(f"invalid config ({_config_files()}): {e}") from None
+check_config(config)
+
+RUN = config["run"]
+SEEDS = config["seeds"]
+TASKS = config["pretrain"]["tasks"]
+SCENARIOS = [tuple(s) for s in config["finetune"]["scenarios"]]
+FT_JOBS = P.scenario_jobs(SCENARIOS, TASKS)  # unique (src, ft); P1 shared by tasks
+PT_JOBS = P.pretrain_jobs(SCENARIOS, TASKS)
+DATA = f"results/{RUN}/data/dataset.pt"
+
+
+# ------------------------------------------------------------------ specs
+def _dump(d):
+    return json.dumps(d, sort_keys=True)
+
+
+def _common_spec(seed):
+    return {
+        "model": config["model"],
+        "threat": config["threat"],
+        "seed": int(seed),
+        "deterministic": config.get("deterministic", False),
+    }
+
+
+def data_spec(wildcards=None):
+    return _dump({**config["data"], "revision": P.REVISION["data"]})
+
+
+def pretrain_spec(wildcards):
+    task, mode = P.parse_pt(wildcards.pt)
+    adv = mode == "adv"
+    pc = config["pretrain"]
+    return _dump({
+        **_common_spec(wildcards.seed),
+        "task": task,
+        "pretext": {task: config["pretext"].get(task, {})},
+        "objective": {"kind": "adversarial", "mix": pc.get("adv_mix", "clean+adv")} if adv else {"kind": "standard"},
+        "eval_ra": adv,
+        "select_by": "last",
+        "epochs": pc["epochs"],
+        "batch_size": pc["batch_size"][task],
+        "augment": pc.get("augment", True),
+        "optim": pc["optim"][task],
+        "revision": {k: P.REVISION[k] for k in ("pgd", "train", task)},
+    })
+
+
+def finetune_spec(wildcards):
+    partial, adv = P.parse_ft(wildcards.ft)
+    fc = config["finetune"]
+    if not adv:
+        objective = {"kind": "standard"}
+    elif fc.get("objective", "madry") == "madry":
+        objective = {"kind": "adversarial", "mix": "adv"}
+    else:
+        objective = {"kind": "trades", "trades_beta": fc.get("trades_beta", 6.0)}
+    return _dump({
+        **_common_spec(wildcards.seed),
+        "task": "classification",
+        "partial": partial,
+        "objective": objective,
+        "eval_ra": True,
+        "select_by": "val_ra" if adv else "val_ta",
+        "epochs": fc["epochs"],
+        "batch_size": fc["batch_size"],
+        "augment": fc.get("augment", True),
+        "optim": fc["optim"],
+        "val_max": fc.get("val_max"),
+        "revision": {k: P.REVISION[k] for k in ("pgd", "train")},
+    })
+
+
+def evaluate_spec(wildcards):
+    ev = config["evaluate"]
+    return _dump({
+        **_common_spec(wildcards.seed),
+        "n_examples": ev.get("n_examples"),
+        "batch_size": ev.get("batch_size", 256),
+        "revision": {k: P.REVISION[k] for k in ("pgd", "evaluate")},
+    })
+
+
+def report_spec(wildcards=None):
+    from advss.io import spec_hash
+
+    return _dump({
+        "run": RUN,
+        "run_dir": f"results/{RUN}",
+        "tasks": TASKS,
+        "scenarios": [list(s) for s in SCENARIOS],
+        "seeds": SEEDS,
+        "eval_steps": config["threat"]["eval_steps"],
+        "config_hash": spec_hash(config),
+    })
+
+
+# ------------------------------------------------------------------ inputs
+def finetune_init(wildcards):
+    """The pretrained model a fine-tuning job starts from (none for P1 'scratch')."""
+    if wildcards.src == "scratch":
+        return []
+    return f"results/{RUN}/pretrain/{wildcards.src}/seed{wildcards.seed}/model.pt"
+
+
+def init_flag(wildcards, input):
+    return f"--init {input.init}" if input.get("init") else ""
+
+
+def finetune_results(name, jobs=None):
+    return [
+        f"results/{RUN}/finetune/{src}/{ft}/seed{seed}/{name}"
+        for src, ft in (jobs or FT_JOBS)
+        for seed in SEEDS
+    ]
+
+
+def table3_inputs(wildcards):
+    return finetune_results("test.json") + finetune_results("meta.json")
+
+
+def figure1_inputs(wildcards):
+    jobs = [("scratch", "full-adv")] + [(P.pretrain_id(t, "P3"), "full-adv") for t in TASKS]
+    return finetune_results("test.json", jobs) + finetune_results("meta.json", jobs)
+
+
+# ------------------------------------------------------------------ resources
+def train_runtime(wildcards, attempt):
+    """Minutes for a SLURM time limit: ~2 min/epoch for ResNet-50 AT on one GPU,
+    grown with each retry (the job resumes, so a retry only needs the rest)."""
+    epochs = config["finetune"]["epochs"] if "ft" in wildcards.keys() else config["pretrain"]["epochs"]
+    per_epoch = 2 if config["model"]["arch"] == "resnet50" else 0.5
+    return int(30 + per_epoch * epochs * attempt)
