@@ -58,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"make one {name} from result files")
         p.add_argument("name")
         p.add_argument("--spec", type=_spec, required=True)
-        p.add_argument("--out", required=True, help="output path without extension")
+        p.add_argument("--out", required=True, help="output path; its extension is replaced per format")
     return ap
 
 
@@ -97,4 +97,4 @@ def _dispatch(args):
     else:
         from advss.report import make
 
-        make(args.name, args.spec, args.out)
+        make(args.name, args.spec, Path(args.out).with_suffix(""))

@@ -65,7 +65,7 @@ def make_procedural(n_per_class: int, seed: int, size: int = 32):
     light = (1.0 - 0.6 * yy / size)[None, None]                         # brighter at the top
     img = sky * light + 0.15 * (xx / size)[None, None] * rng.uniform(-1, 1, (n, 1, 1, 1))
     palette = np.random.default_rng(12345).uniform(0.1, 0.9, (10, 3, 1, 1))    # a loose colour per class
-    fg = np.clip(palette[y] + rng.normal(0, 0.2, (n, 3, 1, 1)), 0, 1).astype(np.float32)
+    fg = np.clip(palette[y] + rng.normal(0, 0.1, (n, 3, 1, 1)), 0, 1).astype(np.float32)
     fg = np.where(np.abs(fg - sky).mean(1, keepdims=True) < 0.2, 1 - fg, fg)   # keep contrast
     shade = 0.75 + 0.25 * (1 - (yy - cy[:, None, None]) / (2 * r[:, None, None]))[:, None]  # lit from above
     img = np.where(mask[:, None], fg * shade, img)

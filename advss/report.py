@@ -41,6 +41,8 @@ def aggregate(df: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFr
 def fmt(mean, std=float("nan"), digits=2) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
+    if digits == 0 or (digits == 1 and float(mean).is_integer() and (std is None or math.isnan(std))):
+        return str(int(round(mean)))
     s = f"{mean:.{digits}f}"
     return s if std is None or math.isnan(std) else f"{s} ± {std:.{digits}f}"
 
@@ -119,11 +121,12 @@ def table3(spec: dict, prefix):
         "TA": [fmt(m, s) for m, s in zip(agg["ta"], agg["ta_std"])],
         "RA": [fmt(m, s) for m, s in zip(agg["ra"], agg["ra_std"])],
         "Epochs": [fmt(m, s, 1) for m, s in zip(agg["epochs"], agg["epochs_std"])],
-        "Paper TA": agg["paper_ta"], "Paper RA": agg["paper_ra"], "Paper Epochs": agg["paper_epochs"],
+        "Paper TA": [fmt(v) for v in agg["paper_ta"]], "Paper RA": [fmt(v) for v in agg["paper_ra"]],
+        "Paper Epochs": [fmt(v, digits=0) for v in agg["paper_epochs"]],
     })
     n = int(agg["n_seeds"].min())
-    caption = (f"Table 3 ({spec['run']}): TA / RA (PGD-{spec['eval_steps']}, %) of the best-RA checkpoint and "
-               f"epochs to best, {'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}; "
+    caption = (f"Table 3 ({spec['run']}): test TA / RA (PGD-{spec['eval_steps']}, %) of the checkpoint with the best "
+               f"validation RA (AT fine-tuning) or TA (ST fine-tuning), and the epoch it was reached, {'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}; "
                f"paper values (CIFAR-10, ResNet-50) beside. P1 rows are shared by the three tasks. "
                f"config {spec['config_hash']}")
     write_table(display, agg, prefix, caption)

@@ -168,3 +168,41 @@ def test_toy_workflow_runs_as_slurm_jobs(slurm_cluster, tmp_path):
     # The plugin's own logs name the same job ids (.snakemake/slurm_logs/rule_<r>/<wc>/<id>.log).
     logs = list((tmp_path / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert {p.stem for p in logs} >= set(ids), logs
+
+
+# A cheap slice of the real demo DAG: prepare_data (a local rule) -> finetune
+# (P1 from scratch, F3) -> evaluate; both SLURM jobs declare gpu=1.
+DEMO_TARGET = "results/demo/finetune/scratch/full-std/seed0/test.json"
+
+
+def test_demo_subset_runs_as_slurm_jobs(slurm_cluster, tmp_path):
+    """The real workflow, a reduced DAG, through `--profile slurm`; outputs go to tmp_path."""
+    for needed in ("workflow/Snakefile", "config/demo.yaml"):
+        if not (REPO / needed).exists():
+            pytest.skip(f"SLURM demo test: {needed} does not exist yet")
+    # Targets before --configfile (it takes several values); --directory keeps
+    # results/ and .snakemake/ out of the repository.
+    _snakemake_via_profile(
+        [DEMO_TARGET, "--directory", str(tmp_path), "--configfile", "config/demo.yaml"],
+        timeout=420,
+    )
+    assert (tmp_path / DEMO_TARGET).is_file()
+
+    # Plugin logs: .snakemake/slurm_logs/rule_<rule>/<wildcards>/<slurm job id>.log
+    slurm_logs = tmp_path / ".snakemake" / "slurm_logs"
+    by_rule = {}
+    for log in slurm_logs.rglob("*.log"):
+        rule = log.relative_to(slurm_logs).parts[0].removeprefix("rule_")
+        by_rule.setdefault(rule, []).append(log.stem)
+    assert sorted(by_rule) == ["evaluate", "finetune"], f"SLURM jobs per rule: {by_rule}"
+    assert "prepare_data" not in by_rule  # a local rule stays on the submitting host
+
+    jobs = _slurm_jobs()
+    for rule, ids in by_rule.items():
+        assert len(ids) == 1, (rule, ids)
+        job = jobs.get(ids[0])
+        assert job is not None, f"{rule}: SLURM job {ids[0]} unknown to slurmctld: {sorted(jobs)}"
+        assert job["JobState"] == "COMPLETED", job
+        assert job["Partition"] == PARTITION, job
+        assert job["Comment"].startswith(f"rule_{rule}"), job
+        assert job.get("TresPerJob") == "gres:gpu:1", job  # the rule's gpu=1 reached sbatch

@@ -184,9 +184,15 @@ EOF
 node_state() { sinfo -h -N -o '%T' 2>/dev/null | head -n1 || true; }
 
 cmd_status() {
-    local ok=0
-    if pid_alive "$SCRATCH/slurmctld.pid"; then log "slurmctld running (pid $(cat "$SCRATCH/slurmctld.pid"))"; else log "slurmctld not running"; ok=1; fi
-    if pid_alive "$SCRATCH/slurmd.pid"; then log "slurmd running (pid $(cat "$SCRATCH/slurmd.pid"))"; else log "slurmd not running"; ok=1; fi
+    local ok=0 d
+    for d in slurmctld slurmd; do
+        if pid_alive "$SCRATCH/$d.pid"; then
+            log "$d running (pid $(cat "$SCRATCH/$d.pid"))"
+        else
+            log "$d not running"
+            ok=1
+        fi
+    done
     if munge_ok; then log "munge answers"; else log "munge does not answer"; ok=1; fi
     if [[ $ok -eq 0 ]]; then
         local state
@@ -202,7 +208,8 @@ cmd_up() {
     [[ $(id -u) -eq 0 ]] || die "starting the test cluster needs root"
     mkdir -p "$SCRATCH"
     write_conf
-    if [[ $CONF_CHANGED -eq 1 ]] && { pid_alive "$SCRATCH/slurmctld.pid" || pid_alive "$SCRATCH/slurmd.pid"; }; then
+    if [[ $CONF_CHANGED -eq 1 ]] &&
+        { pid_alive "$SCRATCH/slurmctld.pid" || pid_alive "$SCRATCH/slurmd.pid"; }; then
         log "configuration changed: restarting slurmctld and slurmd"
         stop_pidfile slurmd "$SCRATCH/slurmd.pid"
         stop_pidfile slurmctld "$SCRATCH/slurmctld.pid"

@@ -10,13 +10,12 @@ rule table3:
         f"results/{RUN}/logs/report/table3.log",
     params:
         spec=report_spec,
-        prefix=f"results/{RUN}/tables/table3",
     conda:
         "../../environment.yml"
     message:
         "Table 3: the 8 scenarios × 3 pretext tasks"
     shell:
-        "python -m advss table table3 --spec {params.spec:q} --out {params.prefix} > {log} 2>&1"
+        "python -m advss table table3 --spec {params.spec:q} --out {output.csv} > {log} 2>&1"
 
 
 rule figure1:
@@ -29,10 +28,9 @@ rule figure1:
         f"results/{RUN}/logs/report/figure1.log",
     params:
         spec=report_spec,
-        prefix=f"results/{RUN}/figures/figure1",
     conda:
         "../../environment.yml"
     message:
         "Figure 1: TA vs RA, marker size = epochs to best"
     shell:
-        "python -m advss figure figure1 --spec {params.spec:q} --out {params.prefix} > {log} 2>&1"
+        "python -m advss figure figure1 --spec {params.spec:q} --out {output.png} > {log} 2>&1"

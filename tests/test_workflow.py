@@ -1,0 +1,135 @@
+"""The Snakemake workflow: lint, the paper DAG, config errors, the demo end to end,
+and an interrupted sweep that reruns only what had not finished."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+SNAKEFILE = ROOT / "workflow" / "Snakefile"
+
+
+def snakemake(*args, cwd=ROOT, timeout=900, check=True):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(cwd), *map(str, args)]
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"snakemake failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+    return p
+
+
+def job_counts(out: str) -> dict:
+    table = out.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def test_lint_is_clean(tmp_path):
+    p = snakemake("--lint", "--configfile", ROOT / "config/demo.yaml", cwd=tmp_path, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Congratulations" in p.stdout + p.stderr or "no lints" in (p.stdout + p.stderr).lower()
+
+
+def test_paper_dag_lists_every_job_without_network(tmp_path):
+    p = snakemake("-n", "all_tables", "--configfile", ROOT / "config/config.yaml", cwd=tmp_path)
+    counts = job_counts(p.stdout)
+    assert counts["prepare_data"] == 1
+    assert counts["pretrain"] == 6       # 3 tasks × (P2, P3)
+    assert counts["finetune"] == 20      # 2 shared P1 rows + 6 scenarios × 3 tasks
+    assert counts["evaluate"] == 20
+    assert counts["table3"] == 1
+    assert not (tmp_path / "results").exists()
+
+
+BAD_CONFIGS = {
+    "unknown task": (lambda c: c["pretrain"].__setitem__("tasks", ["rotation", "colorization"]), "colorization"),
+    "unknown scenario": (lambda c: c["finetune"]["scenarios"].append(["P4", "F1"]), "P4"),
+    "typo in a key": (lambda c: c["finetune"].__setitem__("epoch", 3), "epoch"),
+    "wrong type": (lambda c: c["threat"].__setitem__("eps", "eight"), "eight"),
+    "step above eps": (lambda c: c["threat"].__setitem__("step", "16/255"), "threat.step"),
+    "missing optimiser of a task": (lambda c: c["pretrain"]["optim"].pop("selfie"), "selfie"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_CONFIGS))
+def test_bad_config_fails_before_any_job(tmp_path, kind):
+    cfg = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
+    mutate, needle = BAD_CONFIGS[kind]
+    mutate(cfg)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    p = snakemake("all", "-c1", "--configfile", path, cwd=tmp_path, check=False)
+    msg = p.stdout + p.stderr
+    assert p.returncode != 0
+    assert "invalid config" in msg and str(path) in msg and needle in msg, msg[-2000:]
+    assert not (tmp_path / "results").exists()
+
+
+def test_malformed_yaml_is_refused(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("run: demo\nseeds: [0\n")
+    p = snakemake("all", "-c1", "--configfile", path, cwd=tmp_path, check=False)
+    # Snakemake parses --configfile itself, before any advss code runs; its message
+    # names the problem but not the file (a Snakemake limitation, noted in the README).
+    assert p.returncode != 0 and "not valid JSON or YAML" in p.stdout + p.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_data_directory_fails_in_the_first_job(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
+    cfg["data"].update(name="fashion-mnist", root=str(tmp_path / "nowhere"))
+    path = tmp_path / "fm.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    p = snakemake("all", "-c1", "--configfile", path, cwd=tmp_path, check=False)
+    assert p.returncode != 0
+    log = (tmp_path / "results/demo/logs/prepare_data.log").read_text()
+    assert "not found" in log and "nowhere" in log
+    assert not (tmp_path / "results/demo/data/dataset.pt").exists()
+    assert not list((tmp_path / "results/demo").glob("pretrain/*/*/model.pt"))
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_then_interrupted_rerun_runs_only_missing_jobs(tmp_path):
+    """Run the full Table 3 DAG on tiny data, check the tables; then kill a rerun
+    mid-sweep and check that the next run redoes only the unfinished jobs."""
+    cfg = ROOT / "tests/configs/mini.yaml"
+    snakemake("all", "-c2", "--configfile", cfg, cwd=tmp_path)
+    run = tmp_path / "results/mini"
+    rows = (run / "tables/table3.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 24
+    md = (run / "tables/table3.md").read_text()
+    assert "(P3,F4)" in md and "Paper RA" in md and "51.05" in md
+    assert "\\begin{tabular}" in (run / "tables/table3.tex").read_text()
+    for ext in ("png", "pdf"):
+        assert (run / f"figures/figure1.{ext}").stat().st_size > 1000
+    assert not list(run.glob(".resume/**/last.pt"))
+
+    # Interrupt a sweep: delete the fine-tuning results, rerun, kill it after some jobs finished.
+    shutil.rmtree(run / "finetune")
+    before = {p: p.stat().st_mtime_ns for p in run.glob("pretrain/*/*/model.pt")}
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(tmp_path), "all", "-c2",
+           "--configfile", str(cfg)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while len(list(run.glob("finetune/*/*/*/test.json"))) < 4 and time.time() < deadline:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # like a node dying: no cleanup at all
+    proc.wait()
+    done = {p: p.stat().st_mtime_ns for p in run.glob("finetune/*/*/*/test.json")}
+    assert 4 <= len(done) < 20
+    p = snakemake("all", "-n", "--configfile", cfg, cwd=tmp_path)
+    planned = job_counts(p.stdout)
+    assert planned["evaluate"] == 20 - len(done)
+    snakemake("all", "-c2", "--configfile", cfg, cwd=tmp_path)
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items())  # finished jobs were not rerun
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+    assert len(list(run.glob("finetune/*/*/*/test.json"))) == 20
