@@ -6,9 +6,18 @@ The job's result-affecting settings arrive as one JSON `--spec`; paths as flags.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
+
+
+# Commands that feature modules own: `python -m advss NAME` calls MODULE.main(args)
+# after MODULE.add_arguments(parser). The modules must import torch lazily (inside
+# main) so that `--help` and argument errors stay fast.
+PLUGINS = {
+    # --- more commands register here, one line each: "name": "advss.module", ---
+}
 
 
 def _spec(s: str) -> dict:
@@ -22,7 +31,7 @@ def _spec(s: str) -> dict:
     return spec
 
 
-def _common(p, data=True):
+def common_args(p, data=True):
     p.add_argument("--spec", type=_spec, required=True, help="job spec as JSON (or @file.json)")
     if data:
         p.add_argument("--data", required=True, help="dataset file written by `advss prepare`")
@@ -40,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
 
     for name in ("pretrain", "finetune"):
         p = sub.add_parser(name, help=f"{name} a model with the one training loop")
-        _common(p)
+        common_args(p)
         p.add_argument("--init", help="pretrained checkpoint whose trunk starts the model")
         p.add_argument("--out-model", required=True)
         p.add_argument("--out-metrics", required=True)
@@ -49,10 +58,14 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--resume-dir", help="per-epoch resume state (not a workflow output)")
 
     p = sub.add_parser("evaluate", help="test TA / PGD RA and per-example vectors of a checkpoint")
-    _common(p)
+    common_args(p)
     p.add_argument("--model", required=True)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-npz", required=True)
+
+    for name, module in PLUGINS.items():
+        mod = importlib.import_module(module)
+        mod.add_arguments(sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0]))
 
     for name in ("table", "figure"):
         p = sub.add_parser(name, help=f"make one {name} from result files")
@@ -89,6 +102,8 @@ def _dispatch(args):
         train({**args.spec, "stage": args.cmd}, args.data, args.out_model, args.out_metrics, args.out_meta,
               init=args.init, out_best_ta=args.out_best_ta, resume_dir=args.resume_dir, device=args.device,
               log=lambda m: print(m, flush=True))
+    elif args.cmd in PLUGINS:
+        importlib.import_module(PLUGINS[args.cmd]).main(args)
     elif args.cmd == "evaluate":
         from advss.evaluate import run
 

@@ -165,12 +165,19 @@ def figure1(spec: dict, prefix):
     plt.close(fig)
 
 
-TABLES = {"table3": table3}
-FIGURES = {"figure1": figure1}
+# name -> "module:function"; feature modules own their tables and figures, and
+# importing only the one needed keeps each report job light.
+REGISTRY = {
+    "table3": "advss.report:table3",
+    "figure1": "advss.report:figure1",
+    # --- more tables and figures register here, one line each ---
+}
 
 
 def make(name: str, spec: dict, prefix):
-    fn = {**TABLES, **FIGURES}.get(name)
-    if fn is None:
-        raise AdvssError(f"unknown table or figure {name!r}; choose from {sorted({**TABLES, **FIGURES})}")
-    return fn(spec, prefix)
+    import importlib
+
+    if name not in REGISTRY:
+        raise AdvssError(f"unknown table or figure {name!r}; choose from {sorted(REGISTRY)}")
+    module, fn = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), fn)(spec, prefix)

@@ -49,6 +49,18 @@ def check_config(cfg):
         raise WorkflowError(f"invalid config ({_config_files()}):\n  - " + "\n  - ".join(problems))
 
 
+def validate_section(key, schema):
+    """Validate config[key] (a feature's own section) against its own schema file,
+    relative to the calling rule file; a missing section means 'feature off'."""
+    if key not in config:
+        return False
+    try:
+        validate(config[key], schema=schema)
+    except WorkflowError as e:
+        raise WorkflowError(f"invalid config ({_config_files()}), section {key!r}: {e}") from None
+    return True
+
+
 try:
     validate(config, schema="../schemas/config.schema.yaml")
 except WorkflowError as e:
@@ -62,6 +74,9 @@ SCENARIOS = [tuple(s) for s in config["finetune"]["scenarios"]]
 FT_JOBS = P.scenario_jobs(SCENARIOS, TASKS)  # unique (src, ft); P1 shared by tasks
 PT_JOBS = P.pretrain_jobs(SCENARIOS, TASKS)
 DATA = f"results/{RUN}/data/dataset.pt"
+# What all_tables / all_figures build; feature rule files append their own names.
+TABLES = ["table3"]
+FIGURES = ["figure1"]
 
 
 # ------------------------------------------------------------------ specs
