@@ -15,7 +15,7 @@ import torch
 
 from advss.io import AdvssError, torch_load, torch_save
 
-DATASETS = ("procedural", "cifar10", "cifar100", "fashion-mnist")
+DATASETS = ("procedural", "cifar10", "cifar100", "fashion-mnist", "imagefolder")
 
 
 # ------------------------------------------------------------ procedural set
@@ -139,6 +139,10 @@ def prepare(cfg: dict, out_path):
         splits = load_cifar(cfg["root"], name, cfg.get("download", False))
     elif name == "fashion-mnist":
         splits = load_fashion_mnist(cfg["root"])
+    elif name == "imagefolder":  # R-ImageNet and other ImageNet-style folders (advss/imagefolder.py)
+        from advss.imagefolder import load_imagefolder
+
+        splits = load_imagefolder(cfg["root"], cfg.get("imagefolder", {}))
     else:
         raise AdvssError(f"unknown dataset {name!r}; choose from {DATASETS}")
     train_x, train_y = splits["train"]

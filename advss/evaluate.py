@@ -12,7 +12,7 @@ from advss import data as D
 from advss.attacks import Threat
 from advss.io import pick_device, provenance, save_npz, set_deterministic, write_json
 from advss.models import load_checkpoint
-from advss.train import build, evaluate
+from advss.train import apply_fast, build, evaluate, fast_settings
 
 
 def load_classifier(path, model_cfg, num_classes, device):
@@ -35,7 +35,9 @@ def run(spec: dict, data_path, model_path, out_json, out_npz, device="auto"):
     model, task = load_classifier(model_path, spec["model"], data["num_classes"], dev)
     x, y = test_split(data, spec.get("n_examples"))
     threat = Threat.from_cfg(spec["threat"], "eval_steps")
-    ev = evaluate(model, task, x, y, threat, int(spec.get("batch_size", 256)), int(spec.get("seed", 0)))
+    fast = fast_settings(spec, dev)
+    model = apply_fast(model, dev, fast)
+    ev = evaluate(model, task, x, y, threat, int(spec.get("batch_size", 256)), int(spec.get("seed", 0)), fast["bf16"])
     save_npz(out_npz, y=y.cpu().numpy(), correct_clean=ev["clean"].numpy().astype(bool),
              correct_adv=ev["adv"].numpy().astype(bool), pred_clean=ev["pred_clean"].numpy(),
              pred_adv=ev["pred_adv"].numpy())

@@ -191,23 +191,51 @@ def exclusive_lock(directory):
 
 
 # ----------------------------------------------------------------- provenance
-def git_commit() -> str | None:
-    root = Path(__file__).resolve().parent.parent
+def git_commit(root=None) -> str | None:
+    """HEAD of the checkout the code runs from ('-dirty' when tracked files differ), or
+    None when that directory is not the top of a git work tree: an installed copy that
+    sits inside some other repository must not record that repository's commit."""
+    root = Path(root or Path(__file__).resolve().parent.parent).resolve()
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if out.returncode == 0:
-            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=10).stdout.strip()
-            return out.stdout.strip() + ("-dirty" if dirty else "")
+        top, head = git("rev-parse", "--show-toplevel"), git("rev-parse", "HEAD")
+        if top.returncode or head.returncode or Path(top.stdout.strip()).resolve() != root:
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        pass
-    return None
+        return None
+
+
+def cpu_name() -> str:
+    """The CPU model ('model name' in /proc/cpuinfo); platform.processor() is often empty on Linux."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "cpu"
+
+
+def _dist_version(name: str) -> str | None:
+    """An installed package's version without importing it (torchvision's import is slow)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def provenance(spec: dict, device, started: float, **extra) -> dict:
+    """What a result directory records about how it was made. `spec` is the job's
+    effective config (every value that affects its result, defaults filled in) and
+    `spec_hash` its hash, the same hash that guards resume files."""
     import advss
 
-    dev_name = torch.cuda.get_device_name(device) if getattr(device, "type", "cpu") == "cuda" else platform.processor() or "cpu"
+    dev_name = torch.cuda.get_device_name(device) if getattr(device, "type", "cpu") == "cuda" else cpu_name()
     return {
         "spec": spec,
         "spec_hash": spec_hash(spec),
@@ -215,6 +243,7 @@ def provenance(spec: dict, device, started: float, **extra) -> dict:
         "advss": advss.__version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
+        "torchvision": _dist_version("torchvision"),
         "python": platform.python_version(),
         "cuda": torch.version.cuda,
         "device": str(device),

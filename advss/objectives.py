@@ -60,3 +60,4 @@ def smoothing(model, task, inputs, targets, gen, cfg, threat):
 
 
 OBJECTIVES = {"standard": standard, "adversarial": adversarial, "trades": trades, "smoothing": smoothing}
+OBJECTIVES["ensemble"] = lambda *a: __import__("advss.ensemble", fromlist=["objective"]).objective(*a)  # eq. (3), Table 5

@@ -35,6 +35,13 @@ REVISION = {"data": 1, "pgd": 1, "rotation": 1, "jigsaw": 1, "selfie": 1, "train
 PT_RE = r"(rotation|jigsaw|selfie)-(std|adv)"
 SRC_RE = r"scratch|" + PT_RE
 FT_RE = r"(partial|full)-(std|adv)"
+# Ablations (advss/ablations.py, workflow/rules/ablations.smk): the Table 7 pool-size and
+# Table 8 smoothing pretrainings are fine-tuning sources; the one-shot baseline (AT +
+# rotation auxiliary) is a fine-tuning id trained by its own rule (advss/baselines.py).
+ABLATION_PT_RE = r"(rotation|jigsaw|selfie)-(adv-n\d+|smooth)"
+SRC_RE += "|" + ABLATION_PT_RE
+BASELINE_FT = "full-adv-rotaux"
+FT_RE += "|" + BASELINE_FT
 
 
 def pretrain_id(task: str, p: str) -> str:
@@ -60,6 +67,8 @@ def finetune_id(f: str) -> str:
 def parse_ft(ft: str) -> tuple[bool, bool]:
     """'partial-adv' -> (partial=True, adversarial=True)."""
     m = re.fullmatch(FT_RE, ft)
+    if ft == BASELINE_FT:  # not an F1–F4 mode: its own rule and spec (rules/ablations.smk)
+        raise ValueError(f"{ft!r} is the one-shot baseline, trained by `advss rotaux`, not a fine-tuning mode")
     if not m:
         raise ValueError(f"bad fine-tuning id {ft!r}; expected {FT_RE}")
     return m.group(1) == "partial", m.group(2) == "adv"

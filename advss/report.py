@@ -19,11 +19,19 @@ _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 
 
 def t95(dof: int) -> float:
-    return _T95[dof - 1] if 1 <= dof <= len(_T95) else 1.96
+    """Two-sided 95% t quantile: the table up to 30 degrees of freedom, beyond it the
+    Cornish-Fisher expansion around the normal 1.96 (error < 1e-3 there)."""
+    if dof < 1:
+        return float("nan")
+    if dof <= len(_T95):
+        return _T95[dof - 1]
+    z = 1.959964  # 97.5% normal quantile
+    return z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
 
 
 def aggregate(df: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFrame:
-    """Mean, std, n and 95% CI half-width of `values` over seeds, per group of `keys`."""
+    """Mean, sample std, n and the half-width of the 95% t-interval of the mean of
+    `values` over seeds, per group of `keys`; with one seed the spread columns are NaN."""
     rows = []
     for k, g in df.groupby(keys, sort=False):
         row = dict(zip(keys, k if isinstance(k, tuple) else (k,)))
@@ -31,9 +39,8 @@ def aggregate(df: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFr
         row["n_seeds"] = n
         for v in values:
             s = g[v].astype(float)
-            row[v] = s.mean()
-            row[f"{v}_std"] = s.std(ddof=1) if n > 1 else float("nan")
-            row[f"{v}_ci95"] = t95(n - 1) * row[f"{v}_std"] / math.sqrt(n) if n > 1 else float("nan")
+            half = t95(n - 1) * s.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
+            row.update({v: s.mean(), f"{v}_std": s.std(ddof=1) if n > 1 else float("nan"), f"{v}_ci95": half})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -71,13 +78,26 @@ def _latex(df: pd.DataFrame, caption: str, label: str) -> str:
                       r"\end{table}"]) + "\n"
 
 
+def _html(df: pd.DataFrame, caption: str) -> str:
+    """A standalone page: Snakemake's HTML report shows .html results inline (a .csv only downloads)."""
+    import html
+
+    style = ("body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse} "
+             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left} caption{text-align:left;padding:4px 0}")
+    table = df.to_html(index=False, border=0).replace(
+        "<thead>", f"<caption>{html.escape(caption)}</caption>\n  <thead>", 1)
+    return f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><style>{style}</style></head><body>\n{table}\n</body></html>\n"
+
+
 def write_table(display: pd.DataFrame, csv_df: pd.DataFrame, prefix, caption: str):
-    """`display` (formatted strings) goes to .md and .tex; `csv_df` (numbers) to .csv."""
+    """`display` (formatted strings) goes to .md, .tex and .html (for the report);
+    `csv_df` (numbers) to .csv."""
     prefix = Path(prefix)
     with atomic_path(prefix.with_suffix(".csv")) as tmp:
         csv_df.to_csv(tmp, index=False)
     write_text(prefix.with_suffix(".md"), _markdown(display, caption))
     write_text(prefix.with_suffix(".tex"), _latex(display, caption, prefix.name))
+    write_text(prefix.with_suffix(".html"), _html(display, caption))
 
 
 def save_figure(fig, prefix):
@@ -125,6 +145,8 @@ def table3(spec: dict, prefix):
         "Paper Epochs": [fmt(v, digits=0) for v in agg["paper_epochs"]],
     })
     n = int(agg["n_seeds"].min())
+    if agg["n_seeds"].max() > 1:  # one seed keeps the single-seed table as it was
+        display.insert(2, "n", agg["n_seeds"].astype(int))
     caption = (f"Table 3 ({spec['run']}): test TA / RA (PGD-{spec['eval_steps']}, %) of the checkpoint with the best "
                f"validation RA (AT fine-tuning) or TA (ST fine-tuning), and the epoch it was reached, {'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}; "
                f"paper values (CIFAR-10, ResNet-50) beside. P1 rows are shared by the three tasks. "
@@ -145,20 +167,21 @@ def figure1(spec: dict, prefix):
     points = [("Baseline (P1,F4)", "scratch")] + [(f"{P.TASK_LABEL[t]} (P3,F4)", P.pretrain_id(t, "P3"))
                                                   for t in spec["tasks"]]
     points += [(label, src) for label, src in spec.get("extra_points", [])]
+    per_seed = pd.DataFrame([{"label": label, **finetune_result(spec["run_dir"], src, "full-adv", s)}
+                             for label, src in points for s in spec["seeds"]])
+    agg = aggregate(per_seed, ["label"], ["ta", "ra", "epochs"])
+    n = int(agg["n_seeds"].min())
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    for (label, src), color in zip(points, plt.cm.tab10.colors):
-        rs = [finetune_result(spec["run_dir"], src, "full-adv", s) for s in spec["seeds"]]
-        ta = sum(r["ta"] for r in rs) / len(rs)
-        ra = sum(r["ra"] for r in rs) / len(rs)
-        ep = sum(r["epochs"] for r in rs) / len(rs)
-        if len(rs) > 1:
-            sd = pd.DataFrame(rs).std(ddof=1)
-            ax.errorbar(ra, ta, xerr=sd["ra"], yerr=sd["ta"], color=color, capsize=3, lw=1, zorder=1)
-        ax.scatter(ra, ta, s=40 + 25 * ep, color=color, alpha=0.75, edgecolor="k", zorder=2,
-                   label=f"{label}: {ep:.0f} ep")
+    for r, color in zip(agg.itertuples(index=False), plt.cm.tab10.colors):
+        if r.n_seeds > 1:  # error bars: ± one standard deviation over seeds, as the tables
+            ax.errorbar(r.ra, r.ta, xerr=r.ra_std, yerr=r.ta_std, color=color, capsize=3, lw=1, zorder=1)
+        ax.scatter(r.ra, r.ta, s=40 + 25 * r.epochs, color=color, alpha=0.75, edgecolor="k", zorder=2,
+                   label=f"{r.label}: {r.epochs:.0f} ep")
     ax.set_xlabel("robust accuracy RA (%)")
     ax.set_ylabel("standard accuracy TA (%)")
-    ax.set_title(f"Figure 1 ({spec['run']}): marker area ∝ epochs to best RA")
+    seeds = f"mean ± std over {n} seeds" if n > 1 else "one seed"
+    ax.set_title(f"Figure 1 ({spec['run']}): marker area ∝ epochs to best RA; {seeds}\nconfig {spec['config_hash']}",
+                 fontsize=9)
     ax.legend(fontsize=7, loc="best", markerscale=0.4)
     ax.grid(alpha=0.3)
     save_figure(fig, prefix)
@@ -171,6 +194,7 @@ REGISTRY = {
     "table3": "advss.report:table3",
     "figure1": "advss.report:figure1",
     # --- more tables and figures register here, one line each ---
+    "claims": "advss.claims:table_claims",
 }
 
 

@@ -50,10 +50,39 @@ def lr_at(optim: dict, epoch: int, step: int, steps_per_epoch: int, epochs: int)
     raise ValueError(f"unknown lr schedule {sched!r}")
 
 
+# ----------------------------------------------------------------- fast path
+def fast_settings(spec: dict, dev) -> dict:
+    """bf16 autocast, channels-last and torch.compile: 'auto' turns each on for CUDA
+    only (on a CPU they cost more than they give), true/false force it."""
+    f = spec.get("fast", {}) or {}
+    cuda = getattr(dev, "type", str(dev)) == "cuda"
+    pick = lambda key: cuda if f.get(key, "auto") == "auto" else bool(f[key])  # noqa: E731
+    prec = f.get("precision", "auto")
+    bf16 = cuda if prec == "auto" else prec == "bf16"
+    return {"bf16": bf16, "channels_last": pick("channels_last"), "compile": pick("compile")}
+
+
+def autocast(dev, on: bool):
+    return torch.autocast(device_type=getattr(dev, "type", str(dev)), dtype=torch.bfloat16, enabled=on)
+
+
+def apply_fast(model, dev, fast: dict):
+    """Move to the device; compile the trunk's forward in place so state_dict keys stay plain."""
+    model.to(dev, memory_format=torch.channels_last if fast["channels_last"] else torch.contiguous_format)
+    if fast["compile"]:
+        model.trunk.forward = torch.compile(model.trunk.forward)
+    return model
+
+
 # ----------------------------------------------------------------- evaluation
-def evaluate(model, task, x, y, threat: Threat | None, batch_size: int, seed: int = 0):
+def evaluate(model, task, x, y, threat: Threat | None, batch_size: int, seed: int = 0, bf16: bool = False):
     """Clean and (optionally) PGD correctness per example, model in eval mode.
     Returns dict of float tensors: clean, adv (or None), pred_clean, pred_adv."""
+    with autocast(x.device, bf16):
+        return _evaluate(model, task, x, y, threat, batch_size, seed)
+
+
+def _evaluate(model, task, x, y, threat, batch_size, seed):
     was = model.training
     model.eval()
     clean, adv, pc, pa = [], [], [], []
@@ -124,7 +153,8 @@ def train(spec: dict, data_path, out_model, out_metrics, out_meta, init=None, ou
         transfer = load_trunk(model, ck, ck.get("transfer_prefixes", ["trunk."]), init)
         log(f"loaded {transfer['loaded']} pretrained trunk tensors from {init}; "
             f"{len(transfer['kept_at_init'])} kept at init")
-    model.to(dev)
+    fast = fast_settings(spec, dev)
+    apply_fast(model, dev, fast)
     partial = bool(spec.get("partial", False))
     if partial:
         if not init:
@@ -174,13 +204,16 @@ def train(spec: dict, data_path, out_model, out_metrics, out_meta, init=None, ou
 
         stop = _Stop()
         select = spec.get("select_by", "val_ra" if eval_threat else "val_ta")
+        bar = sys.stdout.isatty()  # a live bar in a terminal only; SLURM and Snakemake logs get epoch lines
         while state["epoch"] < epochs:
             epoch = state["epoch"]
             t0 = time.time()
             _set_mode(model, partial)
             order = torch.randperm(len(fx), generator=generator(batch_seed(seed, epoch, -1), dev), device=dev)
             run = state["run"]
-            loss_acc = torch.zeros((), device=dev)
+            loss_acc = torch.zeros((), device=dev, dtype=torch.float64)  # on the device: no host sync per batch;
+            # float64 so that a resumed epoch (summed in two parts) rounds like an uninterrupted one
+            correct_acc = torch.zeros((), device=dev, dtype=torch.float64)
             for b in range(state["batch"], steps_per_epoch):
                 lr = lr_at(o, epoch, epoch * steps_per_epoch + b, steps_per_epoch, epochs)
                 for g in opt.param_groups:
@@ -190,17 +223,22 @@ def train(spec: dict, data_path, out_model, out_metrics, out_meta, init=None, ou
                 idx = order[b * bs:(b + 1) * bs]
                 xb = D.augment(D.to_float(fx[idx]), gen) if spec.get("augment", True) else D.to_float(fx[idx])
                 inputs, targets = task.make_batch(xb, fy[idx], gen)
-                loss, logits = objective(model, task, inputs, targets, gen, obj, train_threat)
+                with autocast(dev, fast["bf16"]):
+                    loss, logits = objective(model, task, inputs, targets, gen, obj, train_threat)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 loss_acc += loss.detach() * len(idx)
-                run["correct"] += float(task.correct(logits.detach(), targets).float().sum())
+                correct_acc += task.correct(logits.detach(), targets).float().sum()
                 run["n"] += len(idx)
                 state["batch"] = b + 1
+                if bar:
+                    _live_bar(epoch, epochs, b + 1, steps_per_epoch, time.time() - t0)
                 if (b + 1) % 50 == 0 or b + 1 == steps_per_epoch or stop.requested:
                     run["loss"] += float(loss_acc)
+                    run["correct"] += float(correct_acc)
                     loss_acc.zero_()
+                    correct_acc.zero_()
                     if not math.isfinite(run["loss"]):
                         raise AdvssError(f"loss is {run['loss']} at epoch {epoch + 1}, batch {b + 1}: training "
                                          f"diverged (lr {lr:g}); stopping instead of saving a broken model")
@@ -211,7 +249,8 @@ def train(spec: dict, data_path, out_model, out_metrics, out_meta, init=None, ou
                         log(f"received {stop.requested}: saved {resume_file} at epoch {epoch + 1} batch {b + 1}; exiting")
                     sys.exit(143)
             seconds = run["seconds"] + time.time() - t0
-            ev = evaluate(model, task, vx, vy, eval_threat, max(bs, 256), seed)
+            t_eval = time.time()
+            ev = evaluate(model, task, vx, vy, eval_threat, max(bs, 256), seed, fast["bf16"])
             row = {"epoch": epoch + 1, "lr": round(lr, 8), "train_loss": round(run["loss"] / max(run["n"], 1), 6),
                    "train_acc": round(run["correct"] / max(run["n"], 1), 6),
                    "val_ta": round(float(ev["clean"].mean()), 6),
@@ -224,7 +263,9 @@ def train(spec: dict, data_path, out_model, out_metrics, out_meta, init=None, ou
             if row["val_ra"] != "" and row["val_ra"] > state["best_ra"]:
                 state.update(best_ra=row["val_ra"], best_ra_epoch=epoch + 1, best_ra_state=sd)
             state.update(epoch=epoch + 1, batch=0, run={"loss": 0.0, "correct": 0.0, "n": 0, "seconds": 0.0})
-            eta = seconds * (epochs - epoch - 1)
+            eta = (seconds + time.time() - t_eval) * (epochs - epoch - 1)  # training + validation per epoch
+            if bar:
+                sys.stdout.write("\r\x1b[K")  # erase the bar before the permanent line
             log(_epoch_line(row, epochs, eta))
             if resume_file:
                 save_resume()
@@ -255,8 +296,24 @@ def train(spec: dict, data_path, out_model, out_metrics, out_meta, init=None, ou
     return state
 
 
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 def _epoch_line(row, epochs, eta):
+    """One fixed-width line per epoch, starting with the wall-clock time, so that a
+    SLURM log file reads as a table (airbench's print_columns)."""
     ra = "  n/a" if row["val_ra"] == "" else f"{row['val_ra']:.3f}"
-    return (f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:<9.4g} loss {row['train_loss']:<8.4f} "
-            f"acc {row['train_acc']:.3f}  val TA {row['val_ta']:.3f}  val RA {ra}  "
-            f"{row['seconds']:6.1f}s  ETA {eta:5.0f}s")
+    return (f"{time.strftime('%H:%M:%S')}  epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:<9.4g} "
+            f"loss {row['train_loss']:<8.4f} acc {row['train_acc']:.3f}  val TA {row['val_ta']:.3f}  val RA {ra}  "
+            f"{row['seconds']:6.1f}s  ETA {_hms(eta)}")
+
+
+def _live_bar(epoch, epochs, done, steps, elapsed, width=30):
+    """Overwrite one terminal line with the progress of the current epoch (TTY only)."""
+    fill = int(width * done / steps)
+    eta = elapsed / done * (steps - done)
+    sys.stdout.write(f"\repoch {epoch + 1}/{epochs} [{'#' * fill}{'.' * (width - fill)}] {done}/{steps} "
+                     f"batches  {elapsed:5.1f}s  epoch ETA {_hms(eta)}")
+    sys.stdout.flush()

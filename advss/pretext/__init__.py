@@ -61,6 +61,10 @@ def build_task(name: str, cfg: dict, num_classes: int | None = None, state: dict
     tasks = {"rotation": Rotation, "jigsaw": Jigsaw, "selfie": Selfie}
     if name == "classification":
         return Classification(num_classes)
+    if name == "ensemble":  # Table 5's three-branch task; lazy, it builds its members with this function
+        return __import__("advss.pretext.ensemble", fromlist=["Ensemble"]).Ensemble(**cfg.get(name, {}), state=state)
+    if name == "rotaux":  # the one-shot AT + rotation baseline (Hendrycks et al. 2019); lazy, advss/rotaux.py
+        return __import__("advss.rotaux", fromlist=["RotAux"]).RotAux(num_classes, **cfg.get(name, {}), state=state)
     if name not in tasks:
         raise ValueError(f"unknown task {name!r}; choose from {sorted(tasks)} or 'classification'")
     return tasks[name](**cfg.get(name, {}), state=state)

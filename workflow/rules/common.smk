@@ -90,6 +90,7 @@ def _common_spec(seed):
         "threat": config["threat"],
         "seed": int(seed),
         "deterministic": config.get("deterministic", False),
+        "fast": config.get("fast", {}),
     }
 
 

@@ -3,9 +3,15 @@ rule table3:
     input:
         table3_inputs,
     output:
-        csv=report(f"results/{RUN}/tables/table3.csv", category="Tables", labels={"table": "3"}),
+        csv=f"results/{RUN}/tables/table3.csv",
         md=f"results/{RUN}/tables/table3.md",
         tex=f"results/{RUN}/tables/table3.tex",
+        html=report(
+            f"results/{RUN}/tables/table3.html",
+            caption="../report/table3.rst",
+            category="1 Pretraining × fine-tuning (Table 3, Figure 1)",
+            labels={"result": "Table 3"},
+        ),
     log:
         f"results/{RUN}/logs/report/table3.log",
     params:
@@ -22,7 +28,12 @@ rule figure1:
     input:
         figure1_inputs,
     output:
-        png=report(f"results/{RUN}/figures/figure1.png", category="Figures", labels={"figure": "1"}),
+        png=report(
+            f"results/{RUN}/figures/figure1.png",
+            caption="../report/figure1.rst",
+            category="1 Pretraining × fine-tuning (Table 3, Figure 1)",
+            labels={"result": "Figure 1"},
+        ),
         pdf=f"results/{RUN}/figures/figure1.pdf",
     log:
         f"results/{RUN}/logs/report/figure1.log",

@@ -1,0 +1,132 @@
+"""Ensemble adversarial pretraining with the diversity-promoting regulariser (paper
+eq. 2–4; Table 5's AP+SE and AP+DPE), as an objective of the one training loop.
+
+The task is `advss.pretext.ensemble.Ensemble`: Rotation, Jigsaw and Selfie on a
+shared stem..layer3, one input per member built from the same image. Its per-example
+loss is the mean of the members' losses, ℓ̄.
+
+Eq. (3), as written, is one saddle objective
+
+    min_θ  E  max_δ  [ ℓ̄(θ, x + δ) + α · g(θ, δ) ],
+    g = log det(GᵀG + ridge·I),  G = [∇_δ1 ℓ1/‖·‖, …, ∇_δM ℓM/‖·‖]   (d × M),
+
+so the attacker (PGD on the M inputs jointly, one perturbation each) ascends
+ℓ̄ + α·g — as the reference's `PGD_attack_3module` does — and the weights
+minimise the pretext loss (clean+adv mean, as single-task P3) + sign·α·g at that δ,
+with g taken with `create_graph` so that it trains the weights.
+
+`sign` (config key `ensemble.sign`):
+  +1  eq. (3) as written and the reference code: the weights minimise the same
+      +α·g that the attacker maximises. Since g ≤ 0 with 0 at orthogonal gradients,
+      this pulls the members' input gradients towards each other.
+  -1  the diversity-promoting reading (Pang et al. 2019 maximise their log-det
+      ensemble diversity): the weights minimise ℓ − α·g.
+α = 0 is AP+SE: plain multi-task AT (identical to the `adversarial` objective).
+Scale note: the reference's attacker sums the three losses where this one (and the
+weights) use their mean, so the reference's α acts 3× weaker inside its attack.
+"""
+from __future__ import annotations
+
+import torch
+
+from advss.attacks import Threat, bn_mode, pgd
+
+RIDGE = 1e-5      # the paper's ridge: keeps GᵀG invertible when gradients align
+NORM_EPS = 1e-10  # the reference adds it to each gradient norm (a zero gradient stays zero)
+
+
+def log_det_diversity(grads: torch.Tensor, ridge: float = RIDGE) -> torch.Tensor:
+    """g per example from N×M×… input gradients: log det(GᵀG + ridge·I) of the
+    L2-normalised, flattened columns. 0 (up to the ridge) for orthogonal gradients,
+    about (M−1)·log(ridge) for parallel ones."""
+    g = grads.flatten(2)
+    g = g / (g.norm(dim=2, keepdim=True) + NORM_EPS)
+    gram = g @ g.transpose(1, 2)
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    return torch.logdet(gram + ridge * eye)
+
+
+def member_losses_and_diversity(model, task, x, targets, ridge: float = RIDGE):
+    """Mean member loss (N), g (N) and packed logits at x. Each member's input
+    gradient lies in its own slice of ∂(Σ losses)/∂x, since member k reads x[:, k]
+    only; the graph is kept so g can be differentiated again (by PGD or the weights)."""
+    if not x.requires_grad:
+        x = x.detach().requires_grad_(True)
+    losses, logits = task.member_losses(model, x, targets)
+    grads, = torch.autograd.grad(losses.sum(), x, create_graph=True)
+    return losses.mean(1), log_det_diversity(grads, ridge), logits
+
+
+def objective(model, task, inputs, targets, gen, cfg, threat: Threat):
+    """Registered as OBJECTIVES['ensemble']. cfg: alpha, sign (+1|-1), mix, ridge."""
+    alpha, sign, ridge = float(cfg.get("alpha", 0.0)), int(cfg.get("sign", 1)), float(cfg.get("ridge", RIDGE))
+    if sign not in (1, -1):
+        raise ValueError(f"ensemble objective: sign must be +1 or -1, not {sign!r}")
+    if not hasattr(task, "member_losses"):
+        raise ValueError(f"the ensemble objective needs the 'ensemble' task, not {task.name!r}")
+
+    def at(x):
+        """(loss per example, g per example or None, logits); no gradient work at α = 0."""
+        if alpha == 0:
+            loss, logits = task.loss(model, x, targets)
+            return loss, None, logits
+        return member_losses_and_diversity(model, task, x, targets, ridge)
+
+    def attacker(z):
+        loss, g, _ = at(z)
+        return loss if g is None else loss + alpha * g
+
+    with bn_mode(model, threat.bn_mode):
+        x_adv = pgd(attacker, inputs, threat, gen)
+    adv_loss, g, adv_logits = at(x_adv)
+    mix = cfg.get("mix", "clean+adv")
+    if mix == "adv":
+        loss = adv_loss.mean()
+    elif mix == "clean+adv":
+        clean_loss, _ = task.loss(model, inputs, targets)
+        loss = (clean_loss.mean() + adv_loss.mean()) / 2
+    else:
+        raise ValueError(f"objective.mix must be 'adv' or 'clean+adv', not {mix!r}")
+    if g is not None:
+        loss = loss + sign * alpha * g.mean()
+    return loss, adv_logits
+
+
+# ------------------------------------------------------------------ Table 5
+def table5(spec: dict, prefix):
+    """Single-task (P3,F4) models next to AP+SE and AP+DPE fine-tuned alike (and any
+    other fine-tuning modes listed under spec['ensemble_finetune'])."""
+    import pandas as pd
+
+    from advss import protocol as P
+    from advss.report import aggregate, finetune_result, fmt, write_table
+
+    models = [(P.TASK_LABEL[t], P.pretrain_id(t, "P3"), t) for t in spec["tasks"]]
+    models += [("AP+SE", "ensemble-se", "AP+SE"), ("AP+DPE", "ensemble-dpe", "AP+DPE")]
+    rows = []
+    for f in spec.get("ensemble_finetune", ["F4"]):
+        for label, src, key in models:
+            for seed in spec["seeds"]:
+                r = finetune_result(spec["run_dir"], src, P.finetune_id(f), seed)
+                rows.append({"scenario": f"(P3,{f})", "model": label, "key": key, "seed": seed, **r})
+    agg = aggregate(pd.DataFrame(rows), ["scenario", "model", "key"], ["ta", "ra", "epochs"])
+    paper = [P.PAPER_TABLE5.get(k, (None,) * 3) if s == "(P3,F4)" else (None,) * 3
+             for s, k in zip(agg["scenario"], agg["key"])]
+    agg["paper_ta"], agg["paper_ra"], agg["paper_epochs"] = zip(*paper)
+    agg = agg.drop(columns="key")
+    display = pd.DataFrame({
+        "Scenario": agg["scenario"], "Model": agg["model"],
+        "TA": [fmt(m, s) for m, s in zip(agg["ta"], agg["ta_std"])],
+        "RA": [fmt(m, s) for m, s in zip(agg["ra"], agg["ra_std"])],
+        "Epochs": [fmt(m, s, 1) for m, s in zip(agg["epochs"], agg["epochs_std"])],
+        "Paper TA": [fmt(v) for v in agg["paper_ta"]], "Paper RA": [fmt(v) for v in agg["paper_ra"]],
+        "Paper Epochs": [fmt(v, digits=0) for v in agg["paper_epochs"]],
+    })
+    n = int(agg["n_seeds"].min())
+    caption = (f"Table 5 ({spec['run']}): single-task (P3,F4) models vs ensemble adversarial pretraining without "
+               f"(AP+SE, α = 0) and with the diversity regulariser (AP+DPE, α = {spec['ensemble_alpha']}, "
+               f"sign {spec['ensemble_sign']:+d}), each fine-tuned alike; test TA / RA (PGD-{spec['eval_steps']}, %) "
+               f"and epochs to best validation RA, {'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}; "
+               f"paper values (CIFAR-10, ResNet-50) beside. config {spec['config_hash']}")
+    write_table(display, agg, prefix, caption)
+    return agg
