@@ -170,12 +170,14 @@ def corrupted_images(x_uint8, y, idx, corruption, severity, root, seed):
 def eval_corruptions(model, x, y, x_uint8, spec):
     from advss import data as D
 
+    from advss.corruptions import CORRUPTIONS, SEVERITIES
+
     cc, bs = spec["corruptions"], int(spec.get("batch_size", 256))
     clean = _correct(model, x, y, bs)
     acc, source, arrays = {}, {}, {"correct_clean": clean}
-    for c in cc["corruptions"]:
+    for c in cc.get("corruptions") or CORRUPTIONS:
         acc[c] = {}
-        for s in cc["severities"]:
+        for s in cc.get("severities") or SEVERITIES:
             xc, source[c] = corrupted_images(x_uint8, y, spec["_idx"], c, s, cc.get("root"), int(spec["subset_seed"]))
             ok = _correct(model, D.to_float(xc), y, bs)
             acc[c][str(s)] = ok.float().mean().item()
