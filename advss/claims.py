@@ -77,11 +77,20 @@ def ensemble_ra(spec, members) -> dict:
 
 def transfer_asr(spec, source, target) -> dict:
     """Per-seed attack success rate (%) on the (P3,F4) model of `target` of PGD crafted on
-    that of `source`, from results/{run}/transfer/{source model}/full-adv/seed{k}.json,
-    whose "asr" maps each target model id to the fraction of test images attacked."""
-    d = Path(spec["run_dir"]) / "transfer" / P.pretrain_id(source, "P3") / "full-adv"
-    tid = P.pretrain_id(target, "P3")
-    return _per_seed(spec, lambda s: 100 * read_json(d / f"seed{s}.json")["asr"][tid])
+    that of `source`, from the per-example success vectors of
+    results/{run}/transfer/{source model}/full-adv/seed{k}.npz (ASR over all test images)."""
+    from advss.transfer import transfer_npz
+
+    src, tid = P.pretrain_id(source, "P3"), P.pretrain_id(target, "P3")
+
+    def read(seed):
+        z = transfer_npz(spec["run_dir"], src, "full-adv", seed)
+        names = [str(t) for t in z["targets"]]
+        if tid not in names:
+            raise KeyError(tid)
+        return 100 * float(z["success"][names.index(tid)].mean())
+
+    return _per_seed(spec, read)
 
 
 def _mean(values: dict) -> float:

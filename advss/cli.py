@@ -17,6 +17,10 @@ from pathlib import Path
 # main) so that `--help` and argument errors stay fast.
 PLUGINS = {
     # --- more commands register here, one line each: "name": "advss.module", ---
+    "transfer": "advss.transfer",
+    "ensemble-eval": "advss.ensemble_eval",
+    "robustness": "advss.robustness",
+    "pool": "advss.ablations",
 }
 
 

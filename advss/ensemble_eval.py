@@ -60,12 +60,12 @@ def run(spec, data_path, model_paths, out_json, out_npz, device="auto"):
     dev = pick_device(device)
     set_deterministic(spec.get("deterministic", False))
     data = D.load(data_path, dev)
-    members, task = [], None
+    members, task, bf16 = [], None, False
     for path in model_paths:
         m, task = load_classifier(path, spec["model"], data["num_classes"], dev)
-        members.append(prepare_model(m, spec, dev)[0])
+        m, bf16 = prepare_model(m, spec, dev)
+        members.append(m)
     model = softmax_average(members).to(dev).eval()
-    bf16 = prepare_model(members[0], spec, dev)[1]
     x, y = test_split(data, spec.get("n_examples"))
     threat = Threat.from_cfg(spec["threat"], "eval_steps")
     ev = evaluate(model, task, x, y, threat, int(spec.get("batch_size", 256)), int(spec.get("seed", 0)), bf16)
@@ -93,6 +93,7 @@ def table6(spec: dict, prefix):
     from advss import protocol as P
     from advss.io import read_json
     from advss.report import aggregate, fmt, write_table
+    from advss.transfer import scenario
 
     rows = []
     for members in member_sets(spec["tasks"]):
@@ -109,7 +110,7 @@ def table6(spec: dict, prefix):
         "Paper TA": [fmt(v) for v in agg["paper_ta"]], "Paper RA": [fmt(v) for v in agg["paper_ra"]],
     })
     n = int(agg["n_seeds"].min())
-    caption = (f"Table 6 ({spec['run']}): ensembles of (P3,F4) models (averaged softmax); test TA and RA under "
+    caption = (f"Table 6 ({spec['run']}): ensembles of ({','.join(scenario(spec))}) models (averaged softmax); test TA and RA under "
                f"white-box PGD-{spec['eval_steps']} against the averaged output (%), "
                f"{'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}; paper values (CIFAR-10, "
                f"ResNet-50) beside. config {spec['config_hash']}")

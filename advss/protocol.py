@@ -37,11 +37,13 @@ SRC_RE = r"scratch|" + PT_RE
 FT_RE = r"(partial|full)-(std|adv)"
 # Ablations (advss/ablations.py, workflow/rules/ablations.smk): the Table 7 pool-size and
 # Table 8 smoothing pretrainings are fine-tuning sources; the one-shot baseline (AT +
-# rotation auxiliary) is a fine-tuning id trained by its own rule (advss/baselines.py).
+# rotation auxiliary) is a fine-tuning id whose spec sets the task (advss/rotaux.py).
 ABLATION_PT_RE = r"(rotation|jigsaw|selfie)-(adv-n\d+|smooth)"
 SRC_RE += "|" + ABLATION_PT_RE
 BASELINE_FT = "full-adv-rotaux"
-FT_RE += "|" + BASELINE_FT
+FT_RE += r"(-rotaux)?"  # parse_ft reads it as full-adv; finetune_spec then sets the task
+ENSEMBLE_PT_RE = r"ensemble-(se|dpe)"  # Table 5: AP+SE / AP+DPE, trained by rules/ensemble.smk
+SRC_RE += "|" + ENSEMBLE_PT_RE
 
 
 def pretrain_id(task: str, p: str) -> str:
@@ -67,8 +69,6 @@ def finetune_id(f: str) -> str:
 def parse_ft(ft: str) -> tuple[bool, bool]:
     """'partial-adv' -> (partial=True, adversarial=True)."""
     m = re.fullmatch(FT_RE, ft)
-    if ft == BASELINE_FT:  # not an F1–F4 mode: its own rule and spec (rules/ablations.smk)
-        raise ValueError(f"{ft!r} is the one-shot baseline, trained by `advss rotaux`, not a fine-tuning mode")
     if not m:
         raise ValueError(f"bad fine-tuning id {ft!r}; expected {FT_RE}")
     return m.group(1) == "partial", m.group(2) == "adv"

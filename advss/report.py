@@ -194,6 +194,19 @@ REGISTRY = {
     "table3": "advss.report:table3",
     "figure1": "advss.report:figure1",
     # --- more tables and figures register here, one line each ---
+    "table4": "advss.transfer:table4",
+    "table5": "advss.ensemble:table5",
+    "table6": "advss.ensemble_eval:table6",
+    "figure5": "advss.transfer:figure5",
+    "autoattack": "advss.robustness:autoattack_table",
+    "unforeseen": "advss.robustness:unforeseen_table",
+    "cifar10c": "advss.robustness:cifar10c_table",
+    "figure3": "advss.robustness:figure3",
+    "figure4": "advss.robustness:figure4",
+    "table7": "advss.ablations:table7",
+    "table8": "advss.ablations:table8",
+    "table_rotaux": "advss.ablations:table_rotaux",
+    "figure_pool": "advss.ablations:figure_pool",
     "claims": "advss.claims:table_claims",
 }
 

@@ -19,7 +19,6 @@ advss.report): `autoattack`, `unforeseen`, `cifar10c`, `figure3`, `figure4`, and
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from advss import protocol as P
 
 SUITES = ("autoattack", "unforeseen", "corruptions")
 REVISION = 1  # bump after a bug fix in this module: reruns exactly the robustness jobs
-ROTAUX = ("scratch", "full-adv-rotaux")  # Hendrycks et al. 2019 one-shot AT + rotation auxiliary (issue 4)
+ROTAUX = ("scratch", P.BASELINE_FT)  # Hendrycks et al. 2019: one-shot AT + rotation auxiliary
 SEED_STRIDE = 1000  # corruption noise seed = seed*STRIDE^2 + corruption*STRIDE + severity: distinct per cell
 
 
@@ -139,8 +138,8 @@ def eval_unforeseen(model, x, y, x_uint8, spec):
         for eps in eps_list:
             attack = ATTACKS[name](eps, int(uf["n_iter"]), attack_step)
             ok = _correct(model, _batched(attack, model, x, y, bs, seed), y, bs)
-            acc[name][f"{eps:g}"] = ok.float().mean().item()
-            arrays[f"{name}@{eps:g}"] = ok
+            acc[name][str(eps)] = ok.float().mean().item()  # str: keeps every digit of a calibrated ε
+            arrays[f"{name}@{eps}"] = ok
     return {"ta": clean.float().mean().item(), "acc": acc, "n_iter": int(uf["n_iter"]),
             "step_sizes": uf.get("step_sizes") or {}}, arrays
 
@@ -253,6 +252,13 @@ def _results(spec, jobs, suite):
             for src, ft in jobs for seed in spec["seeds"]]
 
 
+def _wide(agg, index, column):
+    """Pivot `acc` to one column per `column` value, rows and columns in order of first appearance."""
+    wide = agg.pivot_table(index=index, columns=column, values="acc")
+    rows = list(dict.fromkeys(zip(*(agg[k] for k in index))))
+    return wide.loc[rows, list(dict.fromkeys(agg[column]))]
+
+
 def _mean_over_seeds(rows, keys, values):
     import pandas as pd
 
@@ -309,7 +315,7 @@ def unforeseen_table(spec: dict, prefix):
         rows += [{"model": model_label(src, ft), "attack": a, "eps": e, "seed": seed, "acc": 100 * v}
                  for a, per in r["acc"].items() for e, v in per.items()]
     agg = _mean_over_seeds(rows, ["attack", "eps", "model"], ["acc"])
-    wide = agg.pivot_table(index=["attack", "eps"], columns="model", values="acc", sort=False).reset_index()
+    wide = _wide(agg, ["attack", "eps"], "model").reset_index()
     display = wide.copy()
     for c in wide.columns[2:]:
         display[c] = [fmt(v) for v in wide[c]]
@@ -335,7 +341,7 @@ def cifar10c_table(spec: dict, prefix):
             rows += [{**base, "corruption": c, "severity": s, "acc": 100 * v} for s, v in per.items()]
         rows.append({**base, "corruption": "clean", "severity": "0", "acc": 100 * r["ta"]})
     agg = _mean_over_seeds(rows, ["model", "severity", "corruption"], ["acc"])
-    wide = agg.pivot_table(index=["model", "severity"], columns="corruption", values="acc", sort=False)
+    wide = _wide(agg, ["model", "severity"], "corruption")
     corr = [c for c in wide.columns if c != "clean"]
     wide["mean"] = wide[corr].mean(axis=1)
     clean = wide["clean"].groupby(level=0, sort=False).max()  # one clean value per model (severity 0)
@@ -346,7 +352,7 @@ def cifar10c_table(spec: dict, prefix):
     wide.insert(2, "clean", wide["model"].map(clean))
     display = wide.copy()
     for c in ["clean", *corr, "mean"]:
-        display[c] = [fmt(v, digits=1) if not (isinstance(v, float) and math.isnan(v)) else "–" for v in wide[c]]
+        display[c] = [fmt(v) for v in wide[c]]
     display.columns = ["Model", "Severity", "Clean", *[c.replace("_", " ") for c in corr], "Mean"]
     caption = (f"CIFAR-10-C ({spec['run']}): accuracy (%) per corruption and severity and the mean over corruptions; "
                f"'mean' rows average the severities. Images: {' and '.join(sorted(sources))} "

@@ -10,8 +10,10 @@ PGD maximises the same joint loss, as in the reference attack. With BatchNorm in
 mode the examples are independent, so the class term's attack is plain PGD on CE and
 the validation RA the loop reports is the classifier's RA.
 
-The training loop saves the whole model; `python -m advss rotaux` (advss/baselines.py)
-then keeps only the classification part (trunk + linear head).
+Its fine-tuning id is `full-adv-rotaux` (src `scratch`): the ordinary `finetune` rule with
+the task set by `rotaux_spec` (rules/ablations.smk). The checkpoint keeps only the
+classification part (`export`: trunk + linear head), so it loads as a classifier in
+`advss.evaluate.load_classifier` and is evaluated like any fine-tuned model.
 """
 from __future__ import annotations
 
@@ -19,12 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from advss.io import torch_save
-from advss.models import load_checkpoint
+from advss.models import Model
 from advss.pretext import Task
 from advss.pretext.rotation import rotate
-
-ROT_PREFIX = "head.rot."  # the rotation sub-head's keys, dropped from the saved classifier
 
 
 class RotAuxHead(nn.Linear):
@@ -65,9 +64,8 @@ class RotAux(Task):
     def correct(self, logits, targets):
         return logits.argmax(-1) == targets[:, 0]
 
-
-def classifier_checkpoint(src, dst):
-    """Rewrite a RotAux checkpoint as a plain classifier's (rotation sub-head dropped)."""
-    ck = load_checkpoint(src)
-    sd = {k: v for k, v in ck["state_dict"].items() if not k.startswith(ROT_PREFIX)}
-    torch_save(dst, {**ck, "state_dict": sd, "task": "classification", "trained_as": "rotaux"})
+    def export(self, model):
+        """The classifier alone: same trunk, a plain linear head with the class weights."""
+        head = nn.Linear(model.head.in_features, self.n_classes)
+        head.load_state_dict({"weight": model.head.weight, "bias": model.head.bias})
+        return Model(model.trunk, head)

@@ -280,10 +280,10 @@ def train(spec: dict, data_path, out_model, out_metrics, out_meta, init=None, ou
         extra = {"task": spec["task"], "task_state": task.state(), "transfer_prefixes": list(task.transfer_prefixes),
                  "spec_hash": h}
         model.load_state_dict(chosen)
-        save_checkpoint(out_model, model, spec["model"], **extra)
+        save_checkpoint(out_model, task.export(model), spec["model"], **extra)
         if out_best_ta:
             model.load_state_dict(state["best_ta_state"])
-            save_checkpoint(out_best_ta, model, spec["model"], **extra)
+            save_checkpoint(out_best_ta, task.export(model), spec["model"], **extra)
         write_text(out_metrics, _rows_to_csv(state["rows"]))
         write_json(out_meta, provenance(
             spec, dev, started, stage=stage, epochs_run=len(state["rows"]), select_by=select,

@@ -105,15 +105,21 @@ def transfer_npz(run_dir, src, ft, seed):
     return load_npz(Path(run_dir) / "transfer" / src / ft / f"seed{seed}.npz")
 
 
+def scenario(spec):
+    """The (P, F) scenario whose per-task models are attacked (the paper: (P3,F4))."""
+    return tuple(spec.get("transfer_scenario", ("P3", "F4")))
+
+
 def success_sets(spec, seed):
-    """{source task: {target task: bool vector}} for the (P3,F4) models of one seed."""
+    """{source task: {target task: bool vector}} for the scenario's models of one seed."""
     from advss import protocol as P
 
+    p, f = scenario(spec)
     out = {}
     for s in spec["tasks"]:
-        z = transfer_npz(spec["run_dir"], P.pretrain_id(s, "P3"), "full-adv", seed)
+        z = transfer_npz(spec["run_dir"], P.source_id(s, p), P.finetune_id(f), seed)
         names = [str(t) for t in z["targets"]]
-        out[s] = {t: z["success"][names.index(P.pretrain_id(t, "P3"))] for t in spec["tasks"]}
+        out[s] = {t: z["success"][names.index(P.source_id(t, p))] for t in spec["tasks"]}
     return out
 
 
@@ -140,7 +146,7 @@ def table4(spec: dict, prefix):
         for t in spec["tasks"]])
     n = int(agg["n_seeds"].min())
     caption = (f"Table 4 ({spec['run']}): attack success rate (%) of PGD-{spec['eval_steps']} examples crafted on the "
-               f"(P3,F4) model of one task (column) and evaluated on that of another (row), over all test images "
+               f"({','.join(scenario(spec))}) model of one task (column) and evaluated on that of another (row), over all test images "
                f"(the diagonal is 1 − RA), {'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}; "
                f"paper values (CIFAR-10, ResNet-50) beside. config {spec['config_hash']}")
     write_table(display, agg, prefix, caption)
@@ -164,18 +170,24 @@ def _label_counts(diagram, sets, total):
         if label is not None:
             count = int(inside.sum())
             label.set_text(f"{count}\n({100 * count / total:.1f}%)")
-            label.set_fontsize(7)
+            label.set_fontsize(8)
+    for label in diagram.set_labels:
+        if label is not None:
+            label.set_fontsize(9)
 
 
 def figure5(spec: dict, prefix):
     """Venn diagrams of successful transfer attacks (first seed): the paper's panel —
     images whose attack from Model(Selfie) succeeds on Model(Rotation) and on
-    Model(Jigsaw) — and, per source, the three-set diagram over all target models."""
+    Model(Jigsaw) — and, per source, the three-set diagram over all target models.
+    Equal-area layouts; every region is labelled with its count and % of test images."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib_venn import venn2, venn3
+    from matplotlib_venn.layout.venn2 import DefaultLayoutAlgorithm as Layout2
+    from matplotlib_venn.layout.venn3 import DefaultLayoutAlgorithm as Layout3
 
     from advss import protocol as P
     from advss.report import save_figure
@@ -189,18 +201,19 @@ def figure5(spec: dict, prefix):
     panels = 1 + (len(tasks) if len(tasks) == 3 else 0)
     fig, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 3.6), squeeze=False)
     two = [sets[src][t] for t in others]
-    d = venn2([set(np.flatnonzero(s)) for s in two], set_labels=[f"on {P.TASK_LABEL[t]}" for t in others],
-              ax=axes[0, 0])
+    # equal-area regions: near-identical sets stay legible; the labels carry the counts
+    d = venn2([set(np.flatnonzero(s)) for s in two], layout_algorithm=Layout2(fixed_subset_sizes=(1,) * 3),
+              set_labels=[f"on {P.TASK_LABEL[t]}" for t in others], ax=axes[0, 0])
     _label_counts(d, two, total)
-    axes[0, 0].set_title(f"attacks from {P.TASK_LABEL[src]}", fontsize=9)
+    axes[0, 0].set_title(f"attacks from {P.TASK_LABEL[src]} (the paper's Figure 5)", fontsize=9)
     if panels > 1:
         for ax, s in zip(axes[0, 1:], tasks):
             three = [sets[s][t] for t in tasks]
-            d = venn3([set(np.flatnonzero(v)) for v in three], set_labels=[f"on {P.TASK_LABEL[t]}" for t in tasks],
-                      ax=ax)
+            d = venn3([set(np.flatnonzero(v)) for v in three], layout_algorithm=Layout3(fixed_subset_sizes=(1,) * 7),
+                      set_labels=[f"on {P.TASK_LABEL[t]}" for t in tasks], ax=ax)
             _label_counts(d, three, total)
             ax.set_title(f"attacks from {P.TASK_LABEL[s]}", fontsize=9)
     fig.suptitle(f"Figure 5 ({spec['run']}): test images (of {total}) whose PGD-{spec['eval_steps']} attack succeeds, "
-                 f"(P3,F4) models, seed {seed}; config {spec['config_hash']}", fontsize=9)
+                 f"({','.join(scenario(spec))}) models, seed {seed}; config {spec['config_hash']}", fontsize=9)
     save_figure(fig, prefix)
     plt.close(fig)

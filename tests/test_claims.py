@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from advss import claims as C
-from advss.io import write_json
-from test_stats import fill, report_spec, write_result
+from advss.io import save_npz, write_json
+from test_stats import fill, report_spec
 
 TASKS = ("rotation", "jigsaw", "selfie")
 SEEDS = [0, 1, 2]
@@ -88,16 +89,19 @@ def test_one_seed_decides_nothing(tmp_path):
 
 
 def write_ensemble_and_transfer(run_dir, ens_gain, diag_gain):
-    """Ensemble RA = best single (P3,F4) RA + ens_gain; transfer ASR on the source's own
-    model = 50 %, on the others 50 − diag_gain %, per seed (with noise)."""
+    """Ensemble RA = best single (P3,F4) RA + ens_gain (results/{run}/ensembles/…/seed{k}.json,
+    as advss.ensemble_eval writes it); transfer ASR on the source's own model = 50 %, on
+    the others 50 − diag_gain %, per seed (with noise)."""
     for s in SEEDS:
         noise = (0.3, -0.2, 0.0)[s]
         best = 45.0 - (0.5, -0.4, 0.1)[s]
         write_json(run_dir / "ensembles" / "jigsaw+rotation+selfie" / f"seed{s}.json",
                    {"ta": 0.8, "ra": (best + ens_gain + noise) / 100})
-        for src in TASKS:
-            asr = {f"{t}-adv": (50.0 - (0 if t == src else diag_gain) + noise) / 100 for t in TASKS}
-            write_json(run_dir / "transfer" / f"{src}-adv" / "full-adv" / f"seed{s}.json", {"asr": asr})
+        for src in TASKS:  # per-example success vectors over 1,000 test images, as advss.transfer saves them
+            rates = [(50.0 - (0 if t == src else diag_gain) + noise) / 100 for t in TASKS]
+            success = np.arange(1000)[None, :] < np.round(1000 * np.array(rates))[:, None]
+            save_npz(run_dir / "transfer" / f"{src}-adv" / "full-adv" / f"seed{s}.npz",
+                     targets=np.array([f"{t}-adv" for t in TASKS]), success=success)
 
 
 @pytest.mark.parametrize("gain, verdict", [(3.0, C.HOLDS), (-3.0, C.FAILS)])
@@ -107,3 +111,27 @@ def test_ensemble_and_transfer_claims_read_their_result_files(tmp_path, gain, ve
     v = verdicts(tmp_path)
     others = [val for k, val in v.items() if k[0].startswith(("the ", "Table 4"))]
     assert others == [verdict] * 4
+
+
+@pytest.mark.slow
+def test_two_seed_workflow_makes_tables_claims_and_report(tmp_path):
+    """The mini config over two seeds (three scenarios of one task, to stay quick):
+    mean ± std tables, the claims table and a self-contained HTML report."""
+    from conftest import ROOT
+    from test_workflow import snakemake
+
+    override = tmp_path / "seeds.yaml"  # deep-merged over mini.yaml, as config/demo-seeds.yaml over the demo
+    override.write_text("run: mini-seeds\nseeds: [0, 1]\npretrain: {tasks: [rotation]}\n"
+                        "finetune: {scenarios: [[P1, F4], [P3, F2], [P3, F4]]}\n")
+    snakemake("all", "-c1", "--configfile", ROOT / "tests/configs/mini.yaml", override,
+              "--report", "report.html", "--report-after-run", cwd=tmp_path, timeout=600)
+    out = tmp_path / "results/mini-seeds/tables"
+    t3 = pd.read_csv(out / "table3.csv")
+    assert (t3["n_seeds"] == 2).all() and t3["ra_ci95"].notna().all()
+    assert "| n |" in (out / "table3.md").read_text() and "±" in (out / "table3.md").read_text()
+    claims = pd.read_csv(out / "claims.csv")
+    assert (claims["n_seeds"] == 2).all() and claims["ci95_lo"].notna().all()
+    assert set(claims["verdict"]) <= {C.HOLDS, C.FAILS, C.UNDECIDED}
+    report = (tmp_path / "report.html").read_text()
+    for name in ("table3.html", "claims.html", "figure1.png", "Claims of the paper"):
+        assert name in report, name

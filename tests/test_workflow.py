@@ -120,7 +120,9 @@ def test_demo_end_to_end_then_interrupted_rerun_runs_only_missing_jobs(tmp_path)
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 600
-    while len(list(run.glob("finetune/*/*/*/test.json"))) < 4 and time.time() < deadline:
+    while len(list(run.glob("finetune/*/*/*/test.json"))) < 4:
+        assert proc.poll() is None, f"the sweep ended early (exit {proc.returncode})"
+        assert time.time() < deadline, "the sweep made no progress in 10 minutes"
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)  # like a node dying: no cleanup at all
     proc.wait()

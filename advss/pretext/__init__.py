@@ -40,6 +40,10 @@ class Task:
     def state(self) -> dict:
         return {}
 
+    def export(self, model):
+        """The model a checkpoint holds; a task may drop parts that only serve training."""
+        return model
+
 
 class Classification(Task):
     """The downstream task: labels are given, inputs are the images themselves."""

@@ -20,7 +20,7 @@ rule claims:
         html=report(
             f"results/{RUN}/tables/claims.html",
             caption="../report/claims.rst",
-            category="2 Claims of the paper",
+            category="0 Claims of the paper (a summary of the sections below)",
             labels={"result": "Claims"},
         ),
     log:

@@ -126,7 +126,7 @@ def finetune_spec(wildcards):
         objective = {"kind": "adversarial", "mix": "adv"}
     else:
         objective = {"kind": "trades", "trades_beta": fc.get("trades_beta", 6.0)}
-    return _dump({
+    spec = {
         **_common_spec(wildcards.seed),
         "task": "classification",
         "partial": partial,
@@ -139,7 +139,10 @@ def finetune_spec(wildcards):
         "optim": fc["optim"],
         "val_max": fc.get("val_max"),
         "revision": {k: P.REVISION[k] for k in ("pgd", "train")},
-    })
+    }
+    if wildcards.ft == P.BASELINE_FT:  # the one-shot AT + rotation baseline (rules/ablations.smk)
+        spec = rotaux_spec(spec)
+    return _dump(spec)
 
 
 def evaluate_spec(wildcards):
@@ -163,6 +166,7 @@ def report_spec(wildcards=None):
         "seeds": SEEDS,
         "eval_steps": config["threat"]["eval_steps"],
         "config_hash": spec_hash(config),
+        "extra_points": FIGURE1_EXTRA,
     })
 
 
@@ -190,8 +194,13 @@ def table3_inputs(wildcards):
     return finetune_results("test.json") + finetune_results("meta.json")
 
 
+# Figure 1's "Ensemble pretrain" point: AP+DPE fine-tuned with F4, when the ensemble feature is on.
+FIGURE1_EXTRA = [["Ensemble pretrain (AP+DPE)", "ensemble-dpe"]] if config.get("ensemble") else []
+
+
 def figure1_inputs(wildcards):
     jobs = [("scratch", "full-adv")] + [(P.pretrain_id(t, "P3"), "full-adv") for t in TASKS]
+    jobs += [(src, "full-adv") for _, src in FIGURE1_EXTRA]
     return finetune_results("test.json", jobs) + finetune_results("meta.json", jobs)
 
 

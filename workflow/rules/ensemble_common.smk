@@ -1,0 +1,43 @@
+# Ensemble pretraining: config section, spec builders and input helpers for rules/ensemble.smk
+# (rule files hold rules only, helpers live here, as --lint asks).
+ENS = config["ensemble"] if validate_section("ensemble", "../schemas/ensemble.schema.yaml") else {}
+TABLES += ["table5"] if ENS else []
+
+
+def ensemble_pretrain_spec(wildcards):
+    """The one training loop on the 'ensemble' task with the 'ensemble' objective;
+    AP+SE's spec leaves out sign and ridge, which do not act at α = 0."""
+    members = ENS["members"]
+    objective = {"kind": "ensemble", "alpha": 0.0, "mix": config["pretrain"].get("adv_mix", "clean+adv")}
+    if wildcards.variant == "dpe":
+        objective.update(alpha=ENS["alpha"], sign=ENS["sign"], ridge=ENS["ridge"])
+    return _dump({
+        **_common_spec(wildcards.seed),
+        "task": "ensemble",
+        "pretext": {"ensemble": {"members": members, "pretext": {t: config["pretext"].get(t, {}) for t in members}}},
+        "objective": objective,
+        "eval_ra": True,
+        "select_by": "last",
+        "epochs": ENS["epochs"],
+        "batch_size": ENS["batch_size"],
+        "augment": config["pretrain"].get("augment", True),
+        "optim": ENS["optim"],
+        "revision": {k: P.REVISION[k] for k in ("pgd", "train", *members)},
+    })
+
+
+def ensemble_runtime(wildcards, attempt):
+    """Minutes: the three tasks' passes (and, for DPE, double backward) cost ~3–6× a single P3 epoch."""
+    per_epoch = 8 if config["model"]["arch"] == "resnet50" else 2
+    return int(30 + per_epoch * ENS["epochs"] * attempt)
+
+
+def table5_inputs(wildcards):
+    srcs = [P.pretrain_id(t, "P3") for t in TASKS] + ["ensemble-se", "ensemble-dpe"]
+    jobs = [(src, P.finetune_id(f)) for f in ENS["finetune"] for src in srcs]
+    return finetune_results("test.json", jobs) + finetune_results("meta.json", jobs)
+
+
+def ensemble_report_spec(wildcards=None):
+    return _dump({**json.loads(report_spec()), "ensemble_alpha": ENS["alpha"], "ensemble_sign": ENS["sign"],
+                  "ensemble_finetune": ENS["finetune"]})

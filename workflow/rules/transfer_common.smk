@@ -1,0 +1,46 @@
+# Transfer attacks and ensembles: config section, spec builders and input helpers for rules/transfer.smk
+# (rule files hold rules only, helpers live here, as --lint asks).
+XFER = config["transfer"] if validate_section("transfer", "../schemas/transfer.schema.yaml") else {}
+TABLES += ["table4", "table6"] if XFER else []
+FIGURES += ["figure5"] if XFER else []
+XFER_P, XFER_F = XFER.get("scenario", ["P3", "F4"])
+XFER_FT = P.finetune_id(XFER_F)
+MEMBERS_RE = r"(rotation|jigsaw|selfie)(\+(rotation|jigsaw|selfie))*"
+
+
+def scenario_model(task, seed):
+    """The fine-tuned model of one task in the transfer scenario (the paper: (P3,F4))."""
+    return f"results/{RUN}/finetune/{P.source_id(task, XFER_P)}/{XFER_FT}/seed{seed}/model.pt"
+
+
+def transfer_targets(wildcards):
+    return [scenario_model(t, wildcards.seed) for t in TASKS]
+
+
+def transfer_spec(wildcards):
+    """The evaluation spec (same examples, seeds and batches as `evaluate`) + the model ids."""
+    return _dump({**json.loads(evaluate_spec(wildcards)), "source": wildcards.src,
+                  "targets": [P.source_id(t, XFER_P) for t in TASKS]})
+
+
+def ensemble_members(wildcards):
+    return [scenario_model(t, wildcards.seed) for t in wildcards.members.split("+")]
+
+
+def ensemble_eval_spec(wildcards):
+    return _dump({**json.loads(evaluate_spec(wildcards)), "members": wildcards.members,
+                  "scenario": [XFER_P, XFER_F]})
+
+
+def transfer_results(wildcards):
+    return [f"results/{RUN}/transfer/{P.source_id(t, XFER_P)}/{XFER_FT}/seed{s}.npz" for t in TASKS for s in SEEDS]
+
+
+def table6_inputs(wildcards):
+    from advss.ensemble_eval import member_sets
+
+    return [f"results/{RUN}/ensembles/{m}/seed{s}.json" for m in member_sets(TASKS) for s in SEEDS]
+
+
+def transfer_report_spec(wildcards=None):
+    return _dump({**json.loads(report_spec()), "transfer_scenario": [XFER_P, XFER_F]})
