@@ -107,7 +107,7 @@ def _pgd_correct(model, x, y, threat, batch_size, seed):
 
 def eval_autoattack(model, x, y, x_uint8, spec):
     from advss.attacks import Threat, parse_number
-    from advss.attacks.autoattack import COMPONENTS, LEFT_OUT, autoattack
+    from advss.attacks.autoattack import COMPONENTS, LEFT_OUT, N_TARGET_CLASSES, autoattack
     from advss.io import AdvssError
 
     aa, threat = spec["autoattack"], spec["threat"]
@@ -115,14 +115,16 @@ def eval_autoattack(model, x, y, x_uint8, spec):
         raise AdvssError(f"AutoAttack is implemented for L∞ only; threat.norm is {threat['norm']!r}")
     eps, bs = parse_number(threat["eps"]), int(spec.get("batch_size", 256))
     out = autoattack(model, x, y, eps=eps, n_iter=int(aa["n_iter"]), seed=int(spec["subset_seed"]),
-                     batch_size=bs, n_queries=int(aa["n_queries"]))
+                     batch_size=bs, n_queries=int(aa["n_queries"]),
+                     n_target_classes=int(aa.get("n_target_classes", N_TARGET_CLASSES)))
     ref = Threat(norm="linf", eps=eps, step=parse_number(threat["step"]), steps=int(aa["pgd_steps"]),
                  random_start=bool(threat.get("random_start", True)))
     clean, pgd_ok = _correct(model, x, y, bs), _pgd_correct(model, x, y, ref, bs, int(spec["subset_seed"]))
     res = {"ta": clean.float().mean().item(), "ra": out["robust"].float().mean().item(),
            "ra_pgd": pgd_ok.float().mean().item(), "pgd_steps": ref.steps, "eps": eps,
            "per_component": out["per_component"], "components": list(COMPONENTS), "left_out": list(LEFT_OUT),
-           "attack": "autoattack-standard-linf"}
+           "attack": "autoattack-standard-linf", "n_iter": int(aa["n_iter"]), "n_queries": int(aa["n_queries"]),
+           "n_target_classes": int(aa.get("n_target_classes", N_TARGET_CLASSES))}
     return res, {"correct_clean": clean, "correct_adv": out["robust"], "correct_pgd": pgd_ok}
 
 
@@ -271,7 +273,9 @@ def _mean_over_seeds(rows, keys, values):
 def _aa_row(label, seed, r):
     stages = {f"after_{k}": 100 * v for k, v in r["per_component"].items() if k != "clean"}
     return {"model": label, "seed": seed, "ta": 100 * r["ta"], "ra_pgd": 100 * r["ra_pgd"], "ra_aa": 100 * r["ra"],
-            **stages, "n": r["n"], "pgd_steps": r["pgd_steps"]}
+            **stages, "n": r["n"], "pgd_steps": r["pgd_steps"],
+            "budget": f"{r.get('n_iter', '?')} APGD iterations, {r.get('n_target_classes', '?')} APGD-T targets, "
+                      f"{r.get('n_queries', '?')} Square queries"}
 
 
 def autoattack_table(spec: dict, prefix):
@@ -288,7 +292,7 @@ def autoattack_table(spec: dict, prefix):
              for members in spec.get("ensembles", []) for seed in spec["seeds"]]
     stages = [c for c in rows[0] if c.startswith("after_")]
     agg = _mean_over_seeds(rows, ["model"], ["ta", "ra_pgd", "ra_aa", *stages])
-    k, n = rows[0]["pgd_steps"], rows[0]["n"]
+    k, n, budget = rows[0]["pgd_steps"], rows[0]["n"], rows[0]["budget"]
     display = pd.DataFrame({"Model": agg["model"],
                             "TA": [fmt(m, s) for m, s in zip(agg["ta"], agg["ta_std"])],
                             f"RA PGD-{k}": [fmt(m, s) for m, s in zip(agg["ra_pgd"], agg["ra_pgd_std"])],
@@ -296,7 +300,8 @@ def autoattack_table(spec: dict, prefix):
                             **{f"after {c[6:]}": [fmt(v) for v in agg[c]] for c in stages}})
     caption = (f"AutoAttack ({spec['run']}): accuracy (%) on the same {n} test images (seeded subset) "
                f"clean, under PGD-{k} and under AutoAttack (standard, L∞, ε = {spec['eps']}; APGD-CE → APGD-T → "
-               f"Square, FAB-T left out, so an upper bound of full AutoAttack), and after each stage. "
+               f"Square, FAB-T left out, so an upper bound of full AutoAttack; {budget}; the standard version: 100, 9, 5000), "
+               f"and after each stage. "
                f"config {spec['config_hash']}")
     write_table(display, agg, prefix, caption)
     return agg
@@ -314,6 +319,10 @@ def unforeseen_table(spec: dict, prefix):
         rows.append({"model": model_label(src, ft), "attack": "clean", "eps": "", "seed": seed, "acc": 100 * r["ta"]})
         rows += [{"model": model_label(src, ft), "attack": a, "eps": e, "seed": seed, "acc": 100 * v}
                  for a, per in r["acc"].items() for e, v in per.items()]
+    from advss.attacks.unforeseen import ATTACKS
+
+    rank = {a: i for i, a in enumerate(["clean", *ATTACKS])}  # the suite's order (JSON keys come sorted)
+    rows.sort(key=lambda r: (rank[r["attack"]], float(r["eps"] or 0)))
     agg = _mean_over_seeds(rows, ["attack", "eps", "model"], ["acc"])
     wide = _wide(agg, ["attack", "eps"], "model").reset_index()
     display = wide.copy()
@@ -340,6 +349,10 @@ def cifar10c_table(spec: dict, prefix):
         for c, per in r["acc"].items():
             rows += [{**base, "corruption": c, "severity": s, "acc": 100 * v} for s, v in per.items()]
         rows.append({**base, "corruption": "clean", "severity": "0", "acc": 100 * r["ta"]})
+    from advss.corruptions import CORRUPTIONS
+
+    rank = {c: i for i, c in enumerate(["clean", *CORRUPTIONS])}  # Hendrycks' order (JSON keys come sorted)
+    rows.sort(key=lambda r: rank[r["corruption"]])  # stable: models keep their order
     agg = _mean_over_seeds(rows, ["model", "severity", "corruption"], ["acc"])
     wide = _wide(agg, ["model", "severity"], "corruption")
     corr = [c for c in wide.columns if c != "clean"]
@@ -364,11 +377,13 @@ def cifar10c_table(spec: dict, prefix):
 # ------------------------------------------------------------------ figures
 def per_attack_accuracy(spec, jobs):
     """{label: {attack: mean accuracy (%) over its ε and the seeds}} (clean under 'clean')."""
+    from advss.attacks.unforeseen import ATTACKS
+
     out = {}
     for src, ft in jobs:
         runs = [r for _, _, _, r in _results(spec, [(src, ft)], "unforeseen")]
         acc = {"clean": 100 * sum(r["ta"] for r in runs) / len(runs)}
-        for a in runs[0]["acc"]:
+        for a in sorted(runs[0]["acc"], key=list(ATTACKS).index):
             vals = [v for r in runs for v in r["acc"][a].values()]
             acc[a] = 100 * sum(vals) / len(vals)
         out[model_label(src, ft)] = acc
@@ -400,7 +415,7 @@ def plot_unforeseen(accs: dict, title: str, prefix):
     radar.set_xticks(angles)
     radar.set_xticklabels(attacks, fontsize=7)
     radar.set_ylim(0, 100)
-    radar.legend(fontsize=7, loc="upper left", bbox_to_anchor=(-0.35, 1.18))
+    radar.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08))  # below the radar, clear of the title
     bars.set_xticks(np.arange(len(attacks)))
     bars.set_xticklabels(attacks, rotation=45, ha="right", fontsize=7)
     bars.set_ylabel("accuracy (%), mean over the ε of each attack")

@@ -287,6 +287,7 @@ def train(spec: dict, data_path, out_model, out_metrics, out_meta, init=None, ou
         write_text(out_metrics, _rows_to_csv(state["rows"]))
         write_json(out_meta, provenance(
             spec, dev, started, stage=stage, epochs_run=len(state["rows"]), select_by=select,
+            train_seconds=round(sum(r["seconds"] for r in state["rows"]), 2),  # across resumes
             best_ra=state["best_ra"], best_ra_epoch=state["best_ra_epoch"],
             best_ta=state["best_ta"], best_ta_epoch=state["best_ta_epoch"],
             epochs_to_best=state["best_ra_epoch"] if select == "val_ra" else state["best_ta_epoch"],

@@ -193,8 +193,12 @@ def figure5(spec: dict, prefix):
     from advss.report import save_figure
 
     seed = spec["seeds"][0]
-    sets = success_sets(spec, seed)
     tasks = list(spec["tasks"])
+    if len(tasks) < 3:
+        from advss.io import AdvssError
+
+        raise AdvssError(f"Figure 5 needs three pretext tasks (a source and two targets), config has {tasks}")
+    sets = success_sets(spec, seed)
     total = len(next(iter(sets[tasks[0]].values())))
     src = "selfie" if "selfie" in tasks else tasks[0]
     others = [t for t in tasks if t != src][:2]

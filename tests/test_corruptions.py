@@ -31,18 +31,49 @@ def test_deterministic_shape_dtype_range(corruption):
     assert corrupt(x[0], corruption, 1, seed=0).shape == x[0].shape  # single image
 
 
-# elastic_transform is exempt: at make_cifar_c.py's parameters severity 1 is a pure random
-# affine with 2.56 px corner jitter, larger in pixel terms than severity 5's 0.96 px + small elastic field.
-@pytest.mark.parametrize("corruption", [c for c in CORRUPTIONS if c != "elastic_transform"])
+def affine_residual(clean, out, steps=80, crop=4):
+    """Mean absolute difference (0-255 scale) between `out` and the best affine warp of
+    `clean`, fitted per image by gradient descent, on the central crop (borders are
+    filled differently by every warp).
+
+    This is the distance "modulo a global affine transformation of the image plane": a
+    photometric corruption (noise, blur, fog, ...) is not an affine warp, so for those it
+    is about the plain pixel distance, while for elastic_transform it removes the random
+    affine part and keeps the elastic one. That matters because at make_cifar_c.py's
+    parameters severity 1 is a pure random affine (corner jitter 0.08·32 = 2.56 px) and
+    severity 5 a smaller affine (0.96 px) plus an elastic field: in raw pixels severity 1
+    is farther (mean |Δ| ≈ 24 vs 13 on these images), although Hendrycks et al. rank the
+    elastic severities by how much they distort local structure, which a classifier
+    feels and a global warp barely changes.
+    """
+    a, b = clean.float() / 255, out.float() / 255
+    theta = torch.eye(2, 3).repeat(len(a), 1, 1).requires_grad_(True)
+    opt = torch.optim.Adam([theta], lr=0.01)  # 0.01: ~1 px of corner motion per step on 32 px
+    inner = (..., slice(crop, -crop), slice(crop, -crop))
+    warp = lambda: F.grid_sample(a, F.affine_grid(theta, list(a.shape), align_corners=False),
+                                 align_corners=False, padding_mode="reflection")
+    for _ in range(steps):
+        loss = (warp() - b)[inner].abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return 255 * (warp() - b)[inner].abs().mean().item()
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
 def test_severity_5_farther_than_severity_1(corruption):
+    """'Farther' = affine_residual (see its docstring), which holds for all 15, elastic included."""
     x = images(seed=1)
-    dist = lambda s: (corrupt(x, corruption, s, seed=3).float() - x.float()).abs().mean().item()
+    dist = lambda s: affine_residual(x, corrupt(x, corruption, s, seed=3))
     assert dist(5) > dist(1) > 0
 
 
-def test_elastic_changes_image_at_all_severities():
-    x = images(seed=2)
-    assert all((corrupt(x, "elastic_transform", s, seed=0).float() - x.float()).abs().mean() > 1 for s in (1, 5))
+def test_elastic_severity_1_is_the_larger_raw_pixel_change():
+    """Why the registered distance is needed: raw pixel distance ranks elastic backwards."""
+    x = images(seed=1)
+    raw = lambda s: (corrupt(x, "elastic_transform", s, seed=3).float() - x.float()).abs().mean().item()
+    assert raw(1) > raw(5)
 
 
 def test_loader_reads_fake_files(tmp_path):

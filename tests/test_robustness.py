@@ -222,3 +222,21 @@ def test_workflow_builds_the_robustness_outputs(tmp_path):
         assert res["ra"] <= res["ra_pgd"] and res["n"] == 20, path
     assert (run / "figures/figure4.pdf").stat().st_size > 1000
     assert "gaussian noise" in (run / "tables/cifar10c.md").read_text()
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda r: r["unforeseen"]["attacks"].update(rain=[1]), "rain"),
+    (lambda r: r["corruptions"].update(severities=[0, 6]), "severities"),
+    (lambda r: r["autoattack"].update(n_iters=5), "n_iters"),
+    (lambda r: r["unforeseen"].pop("attacks"), "attacks"),
+])
+def test_schema_refuses_bad_sections(mutate, needle):
+    import yaml
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    section = yaml.safe_load((ROOT / "config/demo.yaml").read_text())["robustness"]
+    validate(section, ROOT / "workflow/schemas/robustness.schema.yaml")  # the demo's own section is valid
+    mutate(section)
+    with pytest.raises(WorkflowError, match=needle):
+        validate(section, ROOT / "workflow/schemas/robustness.schema.yaml")

@@ -47,6 +47,7 @@ def robustness_spec(wildcards):
         suite: part,
         "revision": {"robustness": R.REVISION, "pgd": P.REVISION["pgd"]},
     }
+    spec.pop("fast", None)  # attacks run in fp32 always: the GPU fast-path settings do not apply
     if suite != "autoattack":
         spec.pop("threat")  # no L∞ ball in these suites: a threat change must not rerun them
     return _dump(spec)

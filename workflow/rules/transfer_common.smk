@@ -1,8 +1,9 @@
 # Transfer attacks and ensembles: config section, spec builders and input helpers for rules/transfer.smk
 # (rule files hold rules only, helpers live here, as --lint asks).
 XFER = config["transfer"] if validate_section("transfer", "../schemas/transfer.schema.yaml") else {}
-TABLES += ["table4", "table6"] if XFER else []
-FIGURES += ["figure5"] if XFER else []
+# Table 6 needs at least one pair of tasks, Figure 5 a source and two targets.
+TABLES += (["table4"] + (["table6"] if len(TASKS) >= 2 else [])) if XFER else []
+FIGURES += ["figure5"] if XFER and len(TASKS) >= 3 else []
 XFER_P, XFER_F = XFER.get("scenario", ["P3", "F4"])
 XFER_FT = P.finetune_id(XFER_F)
 MEMBERS_RE = r"(rotation|jigsaw|selfie)(\+(rotation|jigsaw|selfie))*"
