@@ -114,9 +114,12 @@ def finetune_dir(run_dir, src, ft, seed) -> Path:
 
 def finetune_result(run_dir, src, ft, seed) -> dict:
     d = finetune_dir(run_dir, src, ft, seed)
+    from advss.robustness import autoattack_column
+
     test, meta = read_json(d / "test.json"), read_json(d / "meta.json")
-    return {"ta": 100 * test["ta"], "ra": 100 * test["ra"], "epochs": meta["epochs_to_best"],
-            "epochs_run": meta["epochs_run"], "config_hash": meta["spec_hash"]}
+    aa = autoattack_column(run_dir, src, ft, seed)  # eval/autoattack.json beside test.json, when run
+    return {"ta": 100 * test["ta"], "ra": 100 * test["ra"], "ra_aa": float("nan") if aa is None else aa,
+            "epochs": meta["epochs_to_best"], "epochs_run": meta["epochs_run"], "config_hash": meta["spec_hash"]}
 
 
 # -------------------------------------------------------------- Table 3
@@ -132,7 +135,7 @@ def table3_frame(spec: dict) -> pd.DataFrame:
 
 def table3(spec: dict, prefix):
     per_seed = table3_frame(spec)
-    agg = aggregate(per_seed, ["scenario", "task"], ["ta", "ra", "epochs"])
+    agg = aggregate(per_seed, ["scenario", "task"], ["ta", "ra", "ra_aa", "epochs"])
     paper = [P.PAPER_TABLE3[t.lower()].get(s.strip("()").replace(",", ""), (None,) * 3)
              for s, t in zip(agg["scenario"], agg["task"])]
     agg["paper_ta"], agg["paper_ra"], agg["paper_epochs"] = zip(*paper)
@@ -147,9 +150,17 @@ def table3(spec: dict, prefix):
     n = int(agg["n_seeds"].min())
     if agg["n_seeds"].max() > 1:  # one seed keeps the single-seed table as it was
         display.insert(2, "n", agg["n_seeds"].astype(int))
+    aa_note = ""
+    if agg["ra_aa"].notna().any():  # the AutoAttack column, where robustness.autoattack ran
+        display.insert(display.columns.get_loc("RA") + 1, "RA AutoAttack",
+                       [fmt(m, s) for m, s in zip(agg["ra_aa"], agg["ra_aa_std"])])
+        aa_note = (f" RA AutoAttack: APGD-CE, APGD-T, Square (no FAB-T, so an upper bound) at the same ε on "
+                   f"{spec.get('autoattack_n') or 'all'} test images.")
+    else:
+        agg = agg.drop(columns=[c for c in agg.columns if c.startswith("ra_aa")])
     caption = (f"Table 3 ({spec['run']}): test TA / RA (PGD-{spec['eval_steps']}, %) of the checkpoint with the best "
                f"validation RA (AT fine-tuning) or TA (ST fine-tuning), and the epoch it was reached, {'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}; "
-               f"paper values (CIFAR-10, ResNet-50) beside. P1 rows are shared by the three tasks. "
+               f"paper values (CIFAR-10, ResNet-50) beside. P1 rows are shared by the three tasks.{aa_note} "
                f"config {spec['config_hash']}")
     write_table(display, agg, prefix, caption)
     return agg

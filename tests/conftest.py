@@ -34,3 +34,17 @@ def train_spec(**over):
             "optim": {"lr": 0.05, "momentum": 0.9, "weight_decay": 3e-4, "schedule": "step", "milestones": [1]}}
     spec.update(over)
     return spec
+
+
+@pytest.fixture(scope="session")
+def mini_run(tmp_path_factory):
+    """The whole workflow (`all`) on tests/configs/mini.yaml, run once per test session;
+    the slow end-to-end tests read its outputs (and copy it before changing anything)."""
+    import subprocess
+
+    work = tmp_path_factory.mktemp("mini")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "-d", str(work), "all",
+           "-c2", "--configfile", str(ROOT / "tests" / "configs" / "mini.yaml")]
+    p = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=1500)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+    return work

@@ -205,18 +205,19 @@ def test_tables_and_figures_from_result_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_workflow_builds_the_robustness_outputs(tmp_path):
+def test_workflow_builds_the_robustness_outputs(tmp_path, mini_run):
     """The mini config end to end for the robustness targets: jobs, files, AA <= PGD-20."""
     from test_workflow import job_counts, snakemake
 
     cfg = ROOT / "tests/configs/mini.yaml"
     targets = [f"results/mini/tables/{t}.csv" for t in ("autoattack", "unforeseen", "cifar10c")]
     targets.append("results/mini/figures/figure4.png")
-    counts = job_counts(snakemake(*targets, "-n", "--configfile", cfg, cwd=tmp_path).stdout)
+    counts = job_counts(snakemake(*targets, "-n", "--configfile", cfg, cwd=tmp_path).stdout)  # an empty dir
     assert counts["robustness"] == 4 + 3 + 1  # AA: (P1,F3) + 3 (P3,F4); unforeseen: 3 (P3,F4); corruptions: (P1,F4)
     assert counts["autoattack_ensemble"] == 1
-    snakemake(*targets, "-c1", "--configfile", cfg, cwd=tmp_path)
-    run = tmp_path / "results/mini"
+    run = mini_run / "results/mini"
+    for t in targets:
+        assert (mini_run / t).stat().st_size > 0, t
     for path in run.glob("finetune/*/*/seed0/eval/autoattack.json"):
         res = json.loads(path.read_text())
         assert res["ra"] <= res["ra_pgd"] and res["n"] == 20, path

@@ -39,13 +39,21 @@ def test_lint_is_clean(tmp_path):
 
 
 def test_paper_dag_lists_every_job_without_network(tmp_path):
-    p = snakemake("-n", "all_tables", "--configfile", ROOT / "config/config.yaml", cwd=tmp_path)
+    p = snakemake("-n", "table3", "--configfile", ROOT / "config/config.yaml", cwd=tmp_path)
     counts = job_counts(p.stdout)
     assert counts["prepare_data"] == 1
     assert counts["pretrain"] == 6       # 3 tasks × (P2, P3)
     assert counts["finetune"] == 20      # 2 shared P1 rows + 6 scenarios × 3 tasks
     assert counts["evaluate"] == 20
+    assert counts["robustness"] == 20    # the AutoAttack column of every row
     assert counts["table3"] == 1
+    p = snakemake("-n", "all_tables", "--configfile", ROOT / "config/config.yaml", cwd=tmp_path)
+    counts = job_counts(p.stdout)
+    for rule in ("table3", "table4", "table5", "table6", "table7", "table8", "table_rotaux", "table_autoattack",
+                 "table_unforeseen", "table_cifar10c", "claims"):
+        assert counts.get(rule) == 1, rule
+    assert counts["pretrain_ensemble"] == 2 and counts["transfer"] == 3 and counts["ensemble_eval"] == 4
+    assert counts["finetune"] > 20 and counts["evaluate"] == counts["finetune"]
     assert not (tmp_path / "results").exists()
 
 
@@ -97,11 +105,13 @@ def test_missing_data_directory_fails_in_the_first_job(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_end_to_end_then_interrupted_rerun_runs_only_missing_jobs(tmp_path):
-    """Run the full Table 3 DAG on tiny data, check the tables; then kill a rerun
-    mid-sweep and check that the next run redoes only the unfinished jobs."""
+def test_demo_end_to_end_then_interrupted_rerun_runs_only_missing_jobs(tmp_path, mini_run):
+    """The whole DAG on tiny data (the mini_run fixture), check the tables; then, on a
+    copy, kill a rerun mid-sweep and check that the next run redoes only the unfinished jobs."""
     cfg = ROOT / "tests/configs/mini.yaml"
-    snakemake("all", "-c2", "--configfile", cfg, cwd=tmp_path)
+    shutil.copytree(mini_run, tmp_path, dirs_exist_ok=True, symlinks=True)
+    shutil.rmtree(tmp_path / ".snakemake", ignore_errors=True)  # no lock or metadata of the other directory
+    assert "Nothing to be done" in (p := snakemake("all", "-n", "--configfile", cfg, cwd=tmp_path)).stdout + p.stderr
     run = tmp_path / "results/mini"
     rows = (run / "tables/table3.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 24
@@ -113,6 +123,8 @@ def test_demo_end_to_end_then_interrupted_rerun_runs_only_missing_jobs(tmp_path)
     assert not list(run.glob(".resume/**/last.pt"))
 
     # Interrupt a sweep: delete the fine-tuning results, rerun, kill it after some jobs finished.
+    total = len(list(run.glob("finetune/*/*/*/test.json")))
+    assert total >= 20
     shutil.rmtree(run / "finetune")
     before = {p: p.stat().st_mtime_ns for p in run.glob("pretrain/*/*/model.pt")}
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(tmp_path), "all", "-c2",
@@ -127,11 +139,11 @@ def test_demo_end_to_end_then_interrupted_rerun_runs_only_missing_jobs(tmp_path)
     os.killpg(proc.pid, signal.SIGKILL)  # like a node dying: no cleanup at all
     proc.wait()
     done = {p: p.stat().st_mtime_ns for p in run.glob("finetune/*/*/*/test.json")}
-    assert 4 <= len(done) < 20
+    assert 4 <= len(done) < total
     p = snakemake("all", "-n", "--configfile", cfg, cwd=tmp_path)
     planned = job_counts(p.stdout)
-    assert planned["evaluate"] == 20 - len(done)
+    assert planned["evaluate"] == total - len(done)
     snakemake("all", "-c2", "--configfile", cfg, cwd=tmp_path)
     assert all(p.stat().st_mtime_ns == t for p, t in done.items())  # finished jobs were not rerun
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())
-    assert len(list(run.glob("finetune/*/*/*/test.json"))) == 20
+    assert len(list(run.glob("finetune/*/*/*/test.json"))) == total

@@ -167,6 +167,7 @@ def report_spec(wildcards=None):
         "eval_steps": config["threat"]["eval_steps"],
         "config_hash": spec_hash(config),
         "extra_points": FIGURE1_EXTRA,
+        "autoattack_n": ((config.get("robustness") or {}).get("autoattack") or {}).get("n_examples"),
     })
 
 
@@ -191,7 +192,9 @@ def finetune_results(name, jobs=None):
 
 
 def table3_inputs(wildcards):
-    return finetune_results("test.json") + finetune_results("meta.json")
+    # AA (rules/robustness_inputs.smk, included later) is defined by the time the DAG is built
+    aa = finetune_results("eval/autoattack.json", robustness_jobs(AA)) if AA else []
+    return finetune_results("test.json") + finetune_results("meta.json") + aa
 
 
 # Figure 1's "Ensemble pretrain" point: AP+DPE fine-tuned with F4, when the ensemble feature is on.
