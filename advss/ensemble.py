@@ -99,7 +99,7 @@ def table5(spec: dict, prefix):
     import pandas as pd
 
     from advss import protocol as P
-    from advss.report import aggregate, finetune_result, fmt, write_table
+    from advss.report import aggregate, autoattack_note, drop_empty, finetune_result, result_columns, seeds_phrase, write_table
 
     models = [(P.TASK_LABEL[t], P.pretrain_id(t, "P3"), t) for t in spec["tasks"]]
     models += [("AP+SE", "ensemble-se", "AP+SE"), ("AP+DPE", "ensemble-dpe", "AP+DPE")]
@@ -109,24 +109,19 @@ def table5(spec: dict, prefix):
             for seed in spec["seeds"]:
                 r = finetune_result(spec["run_dir"], src, P.finetune_id(f), seed)
                 rows.append({"scenario": f"(P3,{f})", "model": label, "key": key, "seed": seed, **r})
-    agg = aggregate(pd.DataFrame(rows), ["scenario", "model", "key"], ["ta", "ra", "epochs"])
+    agg = aggregate(pd.DataFrame(rows), ["scenario", "model", "key"], ["ta", "ra", "ra_aa", "epochs"])
     paper = [P.PAPER_TABLE5.get(k, (None,) * 3) if s == "(P3,F4)" else (None,) * 3
              for s, k in zip(agg["scenario"], agg["key"])]
     agg["paper_ta"], agg["paper_ra"], agg["paper_epochs"] = zip(*paper)
     agg = agg.drop(columns="key")
-    display = pd.DataFrame({
-        "Scenario": agg["scenario"], "Model": agg["model"],
-        "TA": [fmt(m, s) for m, s in zip(agg["ta"], agg["ta_std"])],
-        "RA": [fmt(m, s) for m, s in zip(agg["ra"], agg["ra_std"])],
-        "Epochs": [fmt(m, s, 1) for m, s in zip(agg["epochs"], agg["epochs_std"])],
-        "Paper TA": [fmt(v) for v in agg["paper_ta"]], "Paper RA": [fmt(v) for v in agg["paper_ra"]],
-        "Paper Epochs": [fmt(v, digits=0) for v in agg["paper_epochs"]],
-    })
+    display = pd.DataFrame({"Scenario": agg["scenario"], "Model": agg["model"], **result_columns(agg)})
+    aa_note = autoattack_note(display, spec.get("autoattack_n"))
+    agg = drop_empty(agg)
     n = int(agg["n_seeds"].min())
     caption = (f"Table 5 ({spec['run']}): single-task (P3,F4) models vs ensemble adversarial pretraining without "
                f"(AP+SE, α = 0) and with the diversity regulariser (AP+DPE, α = {spec['ensemble_alpha']}, "
                f"sign {spec['ensemble_sign']:+d}), each fine-tuned alike; test TA / RA (PGD-{spec['eval_steps']}, %) "
-               f"and epochs to best validation RA, {'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}; "
-               f"paper values (CIFAR-10, ResNet-50) beside. config {spec['config_hash']}")
+               f"and epochs to best validation RA, {seeds_phrase(n)}; "
+               f"paper values (CIFAR-10, ResNet-50) beside.{aa_note} config {spec['config_hash']}")
     write_table(display, agg, prefix, caption)
     return agg

@@ -92,27 +92,27 @@ def table6(spec: dict, prefix):
 
     from advss import protocol as P
     from advss.io import read_json
-    from advss.report import aggregate, fmt, write_table
+    from advss.report import aggregate, autoattack_note, drop_empty, result_columns, seeds_phrase, write_table
+    from advss.robustness import autoattack_ensemble_column
     from advss.transfer import scenario
 
     rows = []
     for members in member_sets(spec["tasks"]):
         for seed in spec["seeds"]:
             r = read_json(f"{spec['run_dir']}/ensembles/{members}/seed{seed}.json")
-            rows.append({"members": members, "seed": seed, "ta": 100 * r["ta"], "ra": 100 * r["ra"]})
-    agg = aggregate(pd.DataFrame(rows), ["members"], ["ta", "ra"])
+            aa = autoattack_ensemble_column(spec["run_dir"], members.split("+"), seed)  # where it ran
+            rows.append({"members": members, "seed": seed, "ta": 100 * r["ta"], "ra": 100 * r["ra"],
+                         "ra_aa": float("nan") if aa is None else aa})
+    agg = aggregate(pd.DataFrame(rows), ["members"], ["ta", "ra", "ra_aa"])
     paper = [P.PAPER_TABLE6.get(m, (None, None)) for m in agg["members"]]
     agg["paper_ta"], agg["paper_ra"] = zip(*paper)
-    display = pd.DataFrame({
-        "Ensemble": [" + ".join(P.TASK_LABEL[t] for t in m.split("+")) for m in agg["members"]],
-        "TA": [fmt(m, s) for m, s in zip(agg["ta"], agg["ta_std"])],
-        "RA": [fmt(m, s) for m, s in zip(agg["ra"], agg["ra_std"])],
-        "Paper TA": [fmt(v) for v in agg["paper_ta"]], "Paper RA": [fmt(v) for v in agg["paper_ra"]],
-    })
+    display = pd.DataFrame({"Ensemble": [" + ".join(P.TASK_LABEL[t] for t in m.split("+")) for m in agg["members"]],
+                            **result_columns(agg)})
+    aa_note = autoattack_note(display, spec.get("autoattack_n"))
+    agg = drop_empty(agg)
     n = int(agg["n_seeds"].min())
     caption = (f"Table 6 ({spec['run']}): ensembles of ({','.join(scenario(spec))}) models (averaged softmax); test TA and RA under "
                f"white-box PGD-{spec['eval_steps']} against the averaged output (%), "
-               f"{'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}; paper values (CIFAR-10, "
-               f"ResNet-50) beside. config {spec['config_hash']}")
+               f"{seeds_phrase(n)}; paper values (CIFAR-10, ResNet-50) beside.{aa_note} config {spec['config_hash']}")
     write_table(display, agg, prefix, caption)
     return agg

@@ -54,6 +54,40 @@ def fmt(mean, std=float("nan"), digits=2) -> str:
     return s if std is None or math.isnan(std) else f"{s} ± {std:.{digits}f}"
 
 
+def seeds_phrase(n: int) -> str:
+    return f"mean ± std over {n} seeds" if n > 1 else "one seed"
+
+
+def result_columns(agg: pd.DataFrame) -> dict:
+    """The display columns every results table shares: TA, RA, RA AutoAttack (where it
+    ran), epochs to best, and the paper's values; from `aggregate`'s output."""
+    cols = {"TA": [fmt(m, s) for m, s in zip(agg["ta"], agg["ta_std"])],
+            "RA": [fmt(m, s) for m, s in zip(agg["ra"], agg["ra_std"])]}
+    if "ra_aa" in agg and agg["ra_aa"].notna().any():
+        cols["RA AutoAttack"] = [fmt(m, s) for m, s in zip(agg["ra_aa"], agg["ra_aa_std"])]
+    if "epochs" in agg:
+        cols["Epochs"] = [fmt(m, s, 1) for m, s in zip(agg["epochs"], agg["epochs_std"])]
+    cols["Paper TA"] = [fmt(v) for v in agg["paper_ta"]]
+    cols["Paper RA"] = [fmt(v) for v in agg["paper_ra"]]
+    if "paper_epochs" in agg:
+        cols["Paper Epochs"] = [fmt(v, digits=0) for v in agg["paper_epochs"]]
+    return cols
+
+
+def autoattack_note(display: pd.DataFrame, n_examples) -> str:
+    if "RA AutoAttack" not in display:
+        return ""
+    return (f" RA AutoAttack: APGD-CE, APGD-T, Square (no FAB-T, so an upper bound) at the same ε on "
+            f"{n_examples or 'all'} test images.")
+
+
+def drop_empty(agg: pd.DataFrame) -> pd.DataFrame:
+    """Leave the AutoAttack columns out of the CSV where AutoAttack did not run."""
+    if "ra_aa" in agg and agg["ra_aa"].isna().all():
+        return agg.drop(columns=[c for c in agg.columns if c.startswith("ra_aa")])
+    return agg
+
+
 # -------------------------------------------------------------- writers
 def _markdown(df: pd.DataFrame, caption: str) -> str:
     cols = [str(c) for c in df.columns]
@@ -139,27 +173,14 @@ def table3(spec: dict, prefix):
     paper = [P.PAPER_TABLE3[t.lower()].get(s.strip("()").replace(",", ""), (None,) * 3)
              for s, t in zip(agg["scenario"], agg["task"])]
     agg["paper_ta"], agg["paper_ra"], agg["paper_epochs"] = zip(*paper)
-    display = pd.DataFrame({
-        "Scenario": agg["scenario"], "Task": agg["task"],
-        "TA": [fmt(m, s) for m, s in zip(agg["ta"], agg["ta_std"])],
-        "RA": [fmt(m, s) for m, s in zip(agg["ra"], agg["ra_std"])],
-        "Epochs": [fmt(m, s, 1) for m, s in zip(agg["epochs"], agg["epochs_std"])],
-        "Paper TA": [fmt(v) for v in agg["paper_ta"]], "Paper RA": [fmt(v) for v in agg["paper_ra"]],
-        "Paper Epochs": [fmt(v, digits=0) for v in agg["paper_epochs"]],
-    })
+    display = pd.DataFrame({"Scenario": agg["scenario"], "Task": agg["task"], **result_columns(agg)})
     n = int(agg["n_seeds"].min())
     if agg["n_seeds"].max() > 1:  # one seed keeps the single-seed table as it was
         display.insert(2, "n", agg["n_seeds"].astype(int))
-    aa_note = ""
-    if agg["ra_aa"].notna().any():  # the AutoAttack column, where robustness.autoattack ran
-        display.insert(display.columns.get_loc("RA") + 1, "RA AutoAttack",
-                       [fmt(m, s) for m, s in zip(agg["ra_aa"], agg["ra_aa_std"])])
-        aa_note = (f" RA AutoAttack: APGD-CE, APGD-T, Square (no FAB-T, so an upper bound) at the same ε on "
-                   f"{spec.get('autoattack_n') or 'all'} test images.")
-    else:
-        agg = agg.drop(columns=[c for c in agg.columns if c.startswith("ra_aa")])
+    aa_note = autoattack_note(display, spec.get("autoattack_n"))
+    agg = drop_empty(agg)
     caption = (f"Table 3 ({spec['run']}): test TA / RA (PGD-{spec['eval_steps']}, %) of the checkpoint with the best "
-               f"validation RA (AT fine-tuning) or TA (ST fine-tuning), and the epoch it was reached, {'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}; "
+               f"validation RA (AT fine-tuning) or TA (ST fine-tuning), and the epoch it was reached, {seeds_phrase(n)}; "
                f"paper values (CIFAR-10, ResNet-50) beside. P1 rows are shared by the three tasks.{aa_note} "
                f"config {spec['config_hash']}")
     write_table(display, agg, prefix, caption)

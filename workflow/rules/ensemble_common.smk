@@ -35,7 +35,8 @@ def ensemble_runtime(wildcards, attempt):
 def table5_inputs(wildcards):
     srcs = [P.pretrain_id(t, "P3") for t in TASKS] + ["ensemble-se", "ensemble-dpe"]
     jobs = [(src, P.finetune_id(f)) for f in ENS["finetune"] for src in srcs]
-    return finetune_results("test.json", jobs) + finetune_results("meta.json", jobs)
+    aa = finetune_results("eval/autoattack.json", jobs) if AA else []  # the AutoAttack column
+    return finetune_results("test.json", jobs) + finetune_results("meta.json", jobs) + aa
 
 
 def ensemble_report_spec(wildcards=None):

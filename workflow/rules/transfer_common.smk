@@ -40,7 +40,11 @@ def transfer_results(wildcards):
 def table6_inputs(wildcards):
     from advss.ensemble_eval import member_sets
 
-    return [f"results/{RUN}/ensembles/{m}/seed{s}.json" for m in member_sets(TASKS) for s in SEEDS]
+    sets = member_sets(TASKS)
+    # the AutoAttack column for the ensembles robustness.autoattack.ensembles names
+    aa_sets = ["+".join(sorted(m)) for m in (AA or {}).get("ensembles") or []]
+    aa = [f"results/{RUN}/ensembles/{m}/autoattack-seed{s}.json" for m in sets if m in aa_sets for s in SEEDS]
+    return [f"results/{RUN}/ensembles/{m}/seed{s}.json" for m in sets for s in SEEDS] + aa
 
 
 def transfer_report_spec(wildcards=None):
