@@ -129,7 +129,7 @@ def table4(spec: dict, prefix):
     import pandas as pd
 
     from advss import protocol as P
-    from advss.report import aggregate, fmt, write_table
+    from advss.report import aggregate, fmt, seeds_phrase, write_table
 
     rows = []
     for seed in spec["seeds"]:
@@ -147,7 +147,7 @@ def table4(spec: dict, prefix):
     n = int(agg["n_seeds"].min())
     caption = (f"Table 4 ({spec['run']}): attack success rate (%) of PGD-{spec['eval_steps']} examples crafted on the "
                f"({','.join(scenario(spec))}) model of one task (column) and evaluated on that of another (row), over all test images "
-               f"(the diagonal is 1 − RA), {'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}; "
+               f"(the diagonal is 1 − RA), {seeds_phrase(n)}; "
                f"paper values (CIFAR-10, ResNet-50) beside. config {spec['config_hash']}")
     write_table(display, agg, prefix, caption)
     return agg
