@@ -64,6 +64,9 @@ BAD_CONFIGS = {
     "wrong type": (lambda c: c["threat"].__setitem__("eps", "eight"), "eight"),
     "step above eps": (lambda c: c["threat"].__setitem__("step", "16/255"), "threat.step"),
     "missing optimiser of a task": (lambda c: c["pretrain"]["optim"].pop("selfie"), "selfie"),
+    "class map not found": (lambda c: c["data"].update(name="imagefolder", root="data/imagenet",
+                                                       imagefolder={"class_map": "no-such-map.tsv"}),
+                            "data.imagefolder.class_map: class map not found: no-such-map.tsv"),
 }
 
 

@@ -35,6 +35,13 @@ def check_config(cfg):
             problems.append(f"pretrain.{key} has no entry for task(s) {missing}")
     if cfg["data"]["name"] != "procedural" and not cfg["data"].get("root"):
         problems.append(f"data.root is required for data.name={cfg['data']['name']!r}")
+    if cfg["data"]["name"] == "imagefolder":  # a bad class map fails here, not in a job
+        from advss.classmap import read_class_map
+
+        try:
+            read_class_map(cfg["data"].get("imagefolder", {}).get("class_map", ""))
+        except ValueError as e:
+            problems.append(f"data.imagefolder.class_map: {e}")
     if cfg["data"]["name"] == "procedural" and cfg["data"].get("procedural", {}).get("n_per_class", 0) < 1:
         problems.append("data.procedural.n_per_class must be at least 1")
     for opt_key, o in [("finetune.optim", cfg["finetune"]["optim"])] + [
