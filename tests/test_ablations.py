@@ -125,6 +125,27 @@ def test_pool_from_a_user_array(tiny_data, tmp_path):
         build_pool({"source": "npy", "path": str(tmp_path / "bad.npy")}, 5, tiny_data, tmp_path / "b.pt")
 
 
+def test_pool_from_a_user_image_folder(tiny_data, tmp_path):
+    """An unlabeled folder (nested, mixed sizes) becomes a pool of 32×32 images drawn from it."""
+    from PIL import Image
+
+    from advss import data as D
+    from advss.ablations import build_pool
+
+    means = set()
+    for i in range(12):
+        sub = tmp_path / "unlabeled" / f"part{i % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((40 + i, 48, 3), 10 * i, dtype=np.uint8)).save(sub / f"{i}.png")
+        means.add(10 * i)
+    (tmp_path / "unlabeled" / "notes.txt").write_text("not an image")
+    build_pool({"source": "folder", "path": str(tmp_path / "unlabeled")}, 8, tiny_data, tmp_path / "p.pt")
+    fit = D.load(tmp_path / "p.pt", "cpu")["fit"][0]
+    assert fit.shape == (8, 3, 32, 32) and fit.dtype == torch.uint8
+    drawn = [int(img.float().mean().round()) for img in fit]
+    assert set(drawn) <= means and len(set(drawn)) == 8          # distinct images of the folder
+
+
 def test_workflow_plans_the_ablations(tmp_path):
     from test_workflow import job_counts, snakemake
 
@@ -134,6 +155,7 @@ def test_workflow_plans_the_ablations(tmp_path):
     assert counts["prepare_pool"] == 2        # two pool sizes
     assert counts["pretrain_ablation"] == 5   # 2 pools (rotation) + 3 smoothing pretrainings
     assert "full-adv-rotaux" in p.stdout and "rotation-smooth" in p.stdout and "rotation-adv-n270" in p.stdout
+    (tmp_path / "config").symlink_to(ROOT / "config")  # the class map is relative to the run directory
     for cfg in ("cifar100", "rimagenet"):
         counts = job_counts(snakemake("-n", "--configfile", ROOT / f"config/{cfg}.yaml", cwd=tmp_path).stdout)
         assert counts["finetune"] == 20 and counts["pretrain"] == 6
