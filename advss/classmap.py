@@ -43,42 +43,48 @@ BIG12 = ["n02084071",  # dog
          "n02469914"]  # primate
 
 
+def _tsv_rows(path) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of every line that is neither blank nor a '#' comment."""
+    with open(path, newline="") as f:
+        return [(n, r) for n, r in enumerate(csv.reader(f, delimiter="\t"), start=1)
+                if r and not r[0].startswith("#")]
+
+
 def read_class_map(path) -> dict[str, tuple[int, str]]:
     """wnid -> (super-class label, super-class name) from a TSV with the header
     wnid, index, label, superclass[, name]; '#' lines are comments. Labels must be 0..K-1."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"class map not found: {path}")
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f, delimiter="\t") if r and not r[0].startswith("#")]
-    if not rows or rows[0][:4] != ["wnid", "index", "label", "superclass"]:
+    rows = _tsv_rows(path)
+    if not rows or rows[0][1][:4] != ["wnid", "index", "label", "superclass"]:
         raise ValueError(f"{path}: the header must start wnid, index, label, superclass")
-    out, seen_index = {}, {}
-    for n, r in enumerate(rows[1:], start=2):
+    out, seen_index, label_name = {}, set(), {}
+    for n, r in rows[1:]:
         try:
             wnid, index, label, name = r[0], int(r[1]), int(r[2]), r[3]
         except (IndexError, ValueError):
-            raise ValueError(f"{path}: row {n} is not wnid, index, label, superclass: {r}") from None
+            raise ValueError(f"{path}: line {n} is not wnid, index, label, superclass: {r}") from None
         if not WNID_RE.fullmatch(wnid):
-            raise ValueError(f"{path}: row {n}: {wnid!r} is not an ImageNet wnid (n + 8 digits)")
+            raise ValueError(f"{path}: line {n}: {wnid!r} is not an ImageNet wnid (n + 8 digits)")
         if wnid in out or index in seen_index:
-            raise ValueError(f"{path}: ImageNet class {wnid} / {index} is listed twice")
+            raise ValueError(f"{path}: line {n}: ImageNet class {wnid} / {index} is listed twice")
         if not 0 <= index < IMAGENET_CLASSES:
-            raise ValueError(f"{path}: class index {index} is outside 0..{IMAGENET_CLASSES - 1}")
-        out[wnid], seen_index[index] = (label, name), wnid
-    labels = sorted({label for label, _ in out.values()})
-    if labels != list(range(len(labels))):
-        raise ValueError(f"{path}: labels must be 0..K-1, got {labels}")
+            raise ValueError(f"{path}: line {n}: class index {index} is outside 0..{IMAGENET_CLASSES - 1}")
+        if label_name.setdefault(label, name) != name:
+            raise ValueError(f"{path}: line {n}: label {label} is named both {label_name[label]!r} and {name!r}")
+        out[wnid] = (label, name)
+        seen_index.add(index)
     if not out:
         raise ValueError(f"{path}: no classes")
+    if sorted(label_name) != list(range(len(label_name))):
+        raise ValueError(f"{path}: labels must be 0..K-1, got {sorted(label_name)}")
     return out
 
 
 def class_indices(path) -> dict[str, int]:
-    """wnid -> ImageNet class index, as the class map states it."""
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f, delimiter="\t") if r and not r[0].startswith("#")]
-    return {r[0]: int(r[1]) for r in rows[1:]}
+    """wnid -> ImageNet class index, as the class map states it (read_class_map checks it)."""
+    return {r[0]: int(r[1]) for _, r in _tsv_rows(path)[1:]}
 
 
 def read_wordnet_nouns(path) -> tuple[dict[str, set[str]], dict[str, str]]:

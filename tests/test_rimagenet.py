@@ -53,7 +53,8 @@ def test_restricted_imagenet9_is_the_published_ranges():
     ("n00000001\t1\t0\ta\nn00000002\t2\t2\tb\n", "labels must be 0..K-1"),
     ("dog\t1\t0\ta\n", "not an ImageNet wnid"),
     ("n00000001\t1000\t0\ta\n", "outside 0..999"),
-    ("n00000001\tone\t0\ta\n", "row 2"),
+    ("n00000001\tone\t0\ta\n", "line 2 is not"),
+    ("n00000001\t1\t0\ta\nn00000002\t2\t0\tb\n", "named both 'a' and 'b'"),
 ])
 def test_class_map_refuses_bad_rows(tmp_path, body, match):
     from advss.classmap import read_class_map
