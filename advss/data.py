@@ -158,7 +158,9 @@ def prepare(cfg: dict, out_path):
         "name": name,
         "train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y,
         "val_idx": perm[:n_val].sort().values, "fit_idx": perm[n_val:].sort().values,
-        "num_classes": int(max(train_y.max(), test_y.max()) + 1),
+        # the class map's label count where there is one: a class absent from a capped subset
+        # must still get its output
+        "num_classes": int(splits.get("num_classes") or max(train_y.max(), test_y.max()) + 1),
     })
 
 

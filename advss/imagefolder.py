@@ -68,7 +68,7 @@ def _split(root: Path, sub: str, class_map, per_class, size, seed):
 
 
 def load_imagefolder(root, cfg: dict) -> dict:
-    """{'train': (x, y), 'test': (x, y)} of the classes in cfg['class_map'], relabelled."""
+    """{'train': (x, y), 'test': (x, y), 'num_classes'} of the classes in cfg['class_map'], relabelled."""
     root = Path(root)
     train_dir = root / cfg.get("train_dir", "train")
     if not train_dir.is_dir():
@@ -85,4 +85,5 @@ def load_imagefolder(root, cfg: dict) -> dict:
                              f"sorted wnid folders of {train_dir}, e.g. {wrong[0]}")
     size, seed = int(cfg.get("size", 224)), int(cfg.get("seed", 0))
     return {"train": _split(root, cfg.get("train_dir", "train"), class_map, cfg.get("max_per_class"), size, seed),
-            "test": _split(root, cfg.get("test_dir", "val"), class_map, cfg.get("max_test_per_class"), size, seed)}
+            "test": _split(root, cfg.get("test_dir", "val"), class_map, cfg.get("max_test_per_class"), size, seed),
+            "num_classes": len({label for label, _ in class_map.values()})}

@@ -87,7 +87,7 @@ def test_sign_key_flips_the_regulariser_in_the_weights_loss():
     plus, _ = _loss("ensemble", {"alpha": alpha, "sign": 1}, model, task, inputs, targets, steps=1)
     minus, _ = _loss("ensemble", {"alpha": alpha, "sign": -1}, model, task, inputs, targets, steps=1)
     # the attacker is the same (it always ascends ℓ̄ + α·g), so the losses differ by 2·α·mean(g), g in (−22, 0]
-    g_mean = float(plus - minus) / (2 * alpha)
+    g_mean = (plus - minus).item() / (2 * alpha)
     assert 2 * math.log(RIDGE) + math.log(3) < g_mean < 0
     with pytest.raises(ValueError, match="sign"):
         _loss("ensemble", {"alpha": alpha, "sign": 2}, model, task, inputs, targets, steps=1)

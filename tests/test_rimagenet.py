@@ -117,6 +117,7 @@ def test_rimagenet_folder_to_pretraining_and_finetuning(tmp_path):
     d = torch.load(tmp_path / "dataset.pt", weights_only=True)
     assert d["train_x"].shape == (7, 3, 224, 224) and d["train_x"].dtype == torch.uint8
     assert sorted(d["train_y"].tolist()) == [0, 0, 0, 1, 1, 2, 2] and sorted(d["test_y"].tolist()) == [0, 1, 2]
+    assert d["num_classes"] == 10  # the map's ten labels, though only three have images here
     assert D.load(tmp_path / "dataset.pt", "cpu")["val"][0].shape[-1] == 224
 
     model = {"arch": "resnet-tiny", "width": 4, "stem": "imagenet"}
