@@ -1,5 +1,8 @@
 # Build the run's dataset file once (a local rule: compute nodes are often offline).
 rule prepare_data:
+    input:
+        # an edited class map rebuilds the dataset (and so everything trained on it)
+        class_map=[config["data"]["imagefolder"]["class_map"]] if config["data"]["name"] == "imagefolder" else [],
     output:
         data=f"results/{RUN}/data/dataset.pt",
     log:
