@@ -24,6 +24,7 @@ import re
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 WNID_RE = re.compile(r"n\d{8}")
 IMAGENET_CLASSES = 1000  # ILSVRC-2012 classes, indexed by sorted wnid
@@ -43,6 +44,17 @@ BIG12 = ["n02084071",  # dog
          "n02469914"]  # primate
 
 
+class ClassEntry(NamedTuple):
+    label: int        # super-class label, 0..K-1
+    superclass: str   # its name
+    index: int        # ImageNet class index (rank of the wnid among the 1000 sorted)
+
+
+def wnid_folders(folder) -> list[str]:
+    """The sorted wnid-named subfolders of an ImageNet-style split folder."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.is_dir() and WNID_RE.fullmatch(p.name))
+
+
 def _tsv_rows(path) -> list[tuple[int, list[str]]]:
     """(line number, fields) of every line that is neither blank nor a '#' comment."""
     with open(path, newline="") as f:
@@ -50,8 +62,8 @@ def _tsv_rows(path) -> list[tuple[int, list[str]]]:
                 if r and not r[0].startswith("#")]
 
 
-def read_class_map(path) -> dict[str, tuple[int, str]]:
-    """wnid -> (super-class label, super-class name) from a TSV with the header
+def read_class_map(path) -> dict[str, ClassEntry]:
+    """wnid -> (super-class label, super-class name, ImageNet index) from a TSV with the header
     wnid, index, label, superclass[, name]; '#' lines are comments. Labels must be 0..K-1."""
     path = Path(path)
     if not path.is_file():
@@ -73,18 +85,13 @@ def read_class_map(path) -> dict[str, tuple[int, str]]:
             raise ValueError(f"{path}: line {n}: class index {index} is outside 0..{IMAGENET_CLASSES - 1}")
         if label_name.setdefault(label, name) != name:
             raise ValueError(f"{path}: line {n}: label {label} is named both {label_name[label]!r} and {name!r}")
-        out[wnid] = (label, name)
+        out[wnid] = ClassEntry(label, name, index)
         seen_index.add(index)
     if not out:
         raise ValueError(f"{path}: no classes")
     if sorted(label_name) != list(range(len(label_name))):
         raise ValueError(f"{path}: labels must be 0..K-1, got {sorted(label_name)}")
     return out
-
-
-def class_indices(path) -> dict[str, int]:
-    """wnid -> ImageNet class index, as the class map states it (read_class_map checks it)."""
-    return {r[0]: int(r[1]) for _, r in _tsv_rows(path)[1:]}
 
 
 def read_wordnet_nouns(path) -> tuple[dict[str, set[str]], dict[str, str]]:
@@ -153,7 +160,7 @@ def read_wnids(path) -> list[str]:
     them (one per line, e.g. LOC_synset_mapping.txt) or an ImageNet train folder."""
     path = Path(path)
     if path.is_dir():
-        found = [p.name for p in path.iterdir() if p.is_dir() and WNID_RE.fullmatch(p.name)]
+        found = wnid_folders(path)
     else:
         found = [m.group(0) for line in path.read_text().splitlines() if (m := WNID_RE.match(line.strip()))]
     wnids = sorted(set(found))

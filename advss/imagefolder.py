@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from advss.classmap import IMAGENET_CLASSES, WNID_RE, class_indices, read_class_map
+from advss.classmap import IMAGENET_CLASSES, read_class_map, wnid_folders
 from advss.io import AdvssError
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".webp")
@@ -56,12 +56,12 @@ def _split(root: Path, sub: str, class_map, per_class, size, seed):
                          f"missing, e.g. {', '.join(missing[:3])}")
     paths, labels = [], []
     g = np.random.default_rng(seed)
-    for wnid, (label, _) in sorted(class_map.items()):
+    for wnid, entry in sorted(class_map.items()):
         files = list_images(folder / wnid)
         if per_class and len(files) > per_class:  # a seeded subset, the same on every run
             files = [files[i] for i in sorted(g.choice(len(files), per_class, replace=False))]
         paths += files
-        labels += [label] * len(files)
+        labels += [entry.label] * len(files)
     if not paths:
         raise AdvssError(f"no images of the class map's classes under {folder}")
     return load_images(paths, size), torch.tensor(labels, dtype=torch.long)
@@ -77,13 +77,13 @@ def load_imagefolder(root, cfg: dict) -> dict:
         class_map = read_class_map(cfg["class_map"])
     except ValueError as e:
         raise AdvssError(str(e)) from None
-    wnids = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and WNID_RE.fullmatch(p.name))
+    wnids = wnid_folders(train_dir)
     if len(wnids) == IMAGENET_CLASSES:  # a whole ImageNet: the map's indices must agree with it
-        wrong = [w for w, i in class_indices(cfg["class_map"]).items() if wnids[i] != w]
+        wrong = [w for w, e in class_map.items() if wnids[e.index] != w]
         if wrong:
             raise AdvssError(f"{cfg['class_map']}: the index of {len(wrong)} wnids disagrees with the "
                              f"sorted wnid folders of {train_dir}, e.g. {wrong[0]}")
     size, seed = int(cfg.get("size", 224)), int(cfg.get("seed", 0))
     return {"train": _split(root, cfg.get("train_dir", "train"), class_map, cfg.get("max_per_class"), size, seed),
             "test": _split(root, cfg.get("test_dir", "val"), class_map, cfg.get("max_test_per_class"), size, seed),
-            "num_classes": len({label for label, _ in class_map.values()})}
+            "num_classes": len({e.label for e in class_map.values()})}

@@ -24,9 +24,9 @@ def test_class_map_is_190_imagenet_classes_on_10_labels():
     rows = _rows(CLASS_MAP)
     assert len(m) == len(rows) == 190                       # 190 distinct wnids, none listed twice
     assert len({int(r[1]) for r in rows}) == 190 and all(0 <= int(r[1]) < 1000 for r in rows)
-    labels = [label for label, _ in m.values()]
+    labels = [label for label, *_ in m.values()]
     assert sorted(set(labels)) == list(range(10)) and all(labels.count(k) == 19 for k in range(10))
-    assert len({name for _, name in m.values()}) == 10     # one super-class name per label
+    assert len({name for _, name, _ in m.values()}) == 10     # one super-class name per label
     assert m["n02085620"][1] == "dog"                       # Chihuahua (class 151) is a dog
 
 
