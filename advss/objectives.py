@@ -5,6 +5,9 @@ scalar loss and calls the attack on the very loss it trains.
     adversarial  Madry AT (F2, F4: mix='adv') or clean+adv mean (P3: mix='clean+adv')
     trades       CE(clean) + β·KL(p_clean ‖ p_adv), attack maximises the KL (Zhang et al. 2019)
     smoothing    task loss on Gaussian-noised inputs (Cohen et al. 2019; Table 8), no attack
+
+Every objective draws its randomness through `gen`, a torch.Generator or the training
+step's `Draws` (advss/step.py), so that a captured CUDA graph replays the same numbers.
 """
 from __future__ import annotations
 
@@ -12,10 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from advss.attacks import Threat, bn_mode, pgd
-
-
-def _randn(x, gen):
-    return torch.randn(x.shape, generator=gen, device=gen.device).to(x.device)
+from advss.step import randn_like
 
 
 def standard(model, task, inputs, targets, gen, cfg, threat):
@@ -44,7 +44,7 @@ def trades(model, task, inputs, targets, gen, cfg, threat: Threat):
     def kl(z):
         return F.kl_div(F.log_softmax(model(z), -1), p_clean, reduction="none").sum(-1)
 
-    start = (inputs + 0.001 * _randn(inputs, gen)).clamp(0, 1)  # TRADES starts near x, not uniformly
+    start = (inputs + 0.001 * randn_like(inputs, gen)).clamp(0, 1)  # TRADES starts near x, not uniformly
     with bn_mode(model, threat.bn_mode):
         x_adv = pgd(kl, start, Threat(threat.norm, threat.eps, threat.step, threat.steps, False, threat.bn_mode), gen)
         x_adv = torch.min(torch.max(x_adv, inputs - threat.eps), inputs + threat.eps).clamp(0, 1)
@@ -54,10 +54,18 @@ def trades(model, task, inputs, targets, gen, cfg, threat: Threat):
 
 
 def smoothing(model, task, inputs, targets, gen, cfg, threat):
-    noisy = (inputs + float(cfg.get("sigma", 0.25)) * _randn(inputs, gen)).clamp(0, 1)
+    """Cohen et al. 2019 add N(0, σ²) to the image and do not clip: the noisy input may
+    leave [0,1] (the model normalises whatever it gets), so σ is the noise actually seen."""
+    noisy = inputs + float(cfg.get("sigma", 0.25)) * randn_like(inputs, gen)
     loss, logits = task.loss(model, noisy, targets)
     return loss.mean(), logits
 
 
 OBJECTIVES = {"standard": standard, "adversarial": adversarial, "trades": trades, "smoothing": smoothing}
 OBJECTIVES["ensemble"] = lambda *a: __import__("advss.ensemble", fromlist=["objective"]).objective(*a)  # eq. (3), Table 5
+
+
+def needs_double_backward(cfg: dict) -> bool:
+    """AP+DPE differentiates the input gradients again (create_graph): torch.compile
+    refuses double backward, so the loop runs such a job without a compiled trunk."""
+    return cfg.get("kind") == "ensemble" and float(cfg.get("alpha", 0.0)) != 0.0

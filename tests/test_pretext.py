@@ -1,4 +1,5 @@
 """Pretext tasks: labels undo their transform; Selfie learns an easy case."""
+import pytest
 import torch
 
 from advss.data import make_procedural, to_float
@@ -40,11 +41,15 @@ def test_jigsaw_table_and_targets_undo_permutation():
             assert torch.equal(p_out[i, :, j], p_in[i, :, perm[j]])
 
 
-def test_jigsaw_permutes_with_probability_p():
+def test_jigsaw_identity_probability_follows_the_reference():
+    """The reference permutes with probability 0.9, drawing from all 31 rows (identity
+    included): P(identity) = 0.1 + 0.9/31 ≈ 0.129, not 0.10."""
     task = Jigsaw(p_permute=0.9)
-    x = torch.rand(2000, 3, 32, 32)
+    x = torch.rand(20000, 3, 4, 4)  # 1-pixel patches: cheap, and the labels are what is tested
     _, labels = task.make_batch(x, None, torch.Generator().manual_seed(0))
-    assert 0.87 < (labels != 0).float().mean() < 0.93
+    p_identity = (labels == 0).float().mean().item()
+    assert abs(p_identity - (0.1 + 0.9 / 31)) < 0.01, p_identity       # sd ≈ 0.0024
+    assert (labels == 1).float().mean().item() == pytest.approx(0.9 / 31, abs=0.006)
     assert set(labels.unique().tolist()) == set(range(31))
 
 

@@ -11,6 +11,8 @@ from fractions import Fraction
 
 import torch
 
+from advss.step import rand_like, rand_n, randn_like
+
 
 def parse_number(v) -> float:
     """8/255 written as "8/255" in YAML stays exact and readable."""
@@ -51,17 +53,18 @@ def pgd(loss_fn, x: torch.Tensor, threat: Threat, gen: torch.Generator | None = 
     """Projected gradient ascent on `loss_fn(x_adv) -> per-example losses`.
 
     Madry et al. 2018. Stays in the threat's ε-ball around x and in [0,1]; no host
-    synchronisation inside the loop. Returns a detached tensor shaped like x.
+    synchronisation inside the loop (a CUDA graph can hold it). `gen` is a
+    torch.Generator or the training step's `Draws`. Returns a detached tensor shaped like x.
     """
     x = x.detach()
     if threat.steps == 0:
         return x.clone()
     if threat.random_start:
         if threat.norm == "linf":
-            delta = (torch.rand(x.shape, generator=gen, device=gen.device if gen else x.device).to(x.device) * 2 - 1) * threat.eps
+            delta = (rand_like(x, gen) * 2 - 1) * threat.eps
         else:
-            d = torch.randn(x.shape, generator=gen, device=gen.device if gen else x.device).to(x.device)
-            r = torch.rand(len(x), generator=gen, device=gen.device if gen else x.device).to(x.device)
+            d = randn_like(x, gen)
+            r = rand_n(len(x), x, gen)
             delta = d / _l2(d) * threat.eps * r.view(-1, *([1] * (x.dim() - 1)))
         x_adv = (x + delta).clamp(0, 1)
     else:

@@ -43,11 +43,13 @@ class Jigsaw(Task):
         self.n_classes = len(self.perms)
 
     def make_batch(self, x, y, gen):
-        """Permute with probability p_permute (uniform over the table's non-identity
-        rows), else keep the identity; output patch j is input patch perm[j]."""
+        """With probability p_permute draw a row uniformly from the whole table, the
+        identity included, else keep the identity, as the reference code does: the
+        identity's probability is 1 − p + p/(n_perms + 1) (0.1 + 0.9/31 ≈ 0.129 at the
+        paper's settings). Output patch j is input patch perm[j]."""
         n, dev = len(x), gen.device
         permute = torch.rand(n, generator=gen, device=dev) < self.p_permute
-        which = torch.randint(1, self.n_classes, (n,), generator=gen, device=dev)
+        which = torch.randint(0, self.n_classes, (n,), generator=gen, device=dev)
         labels = torch.where(permute, which, torch.zeros_like(which)).to(x.device)
         return self.apply(x, labels), labels
 

@@ -5,8 +5,10 @@ Patch network P = the trunk's stem..layer3 applied to each patch and pooled (it 
 what transfers to fine-tuning). An attention-pooling transformer reads the visible
 patches behind a learned query u0; u0's output plus the row+column embedding of a
 masked location is that location's query; logit(i, j) = <query_i, P(patch_j)>.
-Choice: visible patches also get their position embedding, so the transformer
-knows where each visible patch sits (the reference adds it in the same place).
+Choice: visible patches also get their position embedding before the transformer,
+so it knows where each visible patch sits. The reference adds position embeddings
+only after pooling (to u0's output, to form each masked location's query): its
+transformer sees the visible patches without their positions.
 The loss is plain cross-entropy on logits (the reference's extra softmax is not kept).
 """
 import torch
@@ -57,7 +59,8 @@ class Selfie(Task):
         patches = patchify(x, self.grid).transpose(1, 2).flatten(0, 1)          # (n·p)×C×h×w
         emb = head.proj(model.features(patches, upto=3)).view(n, p, -1)         # n×p×d
         is_masked = torch.zeros(n, p, dtype=torch.bool, device=x.device).scatter_(1, masked, True)
-        visible = torch.arange(p, device=x.device).expand(n, -1)[~is_masked].view(n, p - self.n_masked)
+        # the visible locations in ascending order, without boolean indexing (no host sync)
+        visible = torch.argsort(is_masked.to(torch.int8), dim=1, stable=True)[:, : p - self.n_masked]
         vis = torch.gather(emb, 1, visible[..., None].expand(-1, -1, emb.shape[-1])) + head.pos(visible)
         u = head.encoder(torch.cat([head.u0.expand(n, -1, -1), vis], 1))[:, 0]  # n×d
         queries = u[:, None] + head.pos(masked)                                  # n×m×d
