@@ -5,7 +5,11 @@ A − B is taken per seed (paired: a fine-tune of seed k starts from the pretrai
 of seed k), and its 95% t-interval over seeds decides the verdict:
   holds          the interval lies on the claimed side of 0
   does not hold  the interval lies on the other side (or at 0, for a strict claim)
-  undecided      the interval straddles 0, or there is one seed (no interval)
+  undecided      the interval straddles 0
+With one seed there is no interval over seeds. A claim between two classifiers' accuracies
+(or attack success rates) on the same test images is then decided by the exact McNemar
+test on their per-example vectors: it measures test-sampling uncertainty only, not the
+seed-to-seed variation of training. Other claims (epochs to best) stay undecided.
 Claims whose result files are absent read "undecided (no results)", so the table
 can be made for any config. Numbers come from result files only, read by path.
 """
@@ -15,11 +19,12 @@ import math
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from advss import protocol as P
-from advss.io import AdvssError, read_json
-from advss.report import finetune_result, fmt, t95, write_table
+from advss.io import AdvssError, load_npz, read_json
+from advss.report import finetune_dir, finetune_result, fmt, t95, write_table
 
 HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "undecided"
 # relation -> (holds if the interval is entirely ..., fails if entirely ...), as tests on (lo, hi)
@@ -50,6 +55,72 @@ def paired_verdict(a: dict, b: dict, relation: str) -> dict:
     return {**out, "diff_std": sd, "ci95_lo": lo, "ci95_hi": hi, "verdict": verdict}
 
 
+# ------------------------------------------------------------- one seed: McNemar
+MCNEMAR = "McNemar, test-sampling uncertainty only (1 seed)"
+T_SEEDS = "t-interval over seeds"
+SIDE = {">": 1, ">=": 1, "<": -1}  # the sign of A − B each relation claims
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: 2·P(X ≤ min(b, c)), X ~ Binomial(b + c, ½), capped at 1.
+    The tail is summed in integers (the binomial recurrence), so it is exact for any b + c
+    and takes milliseconds at b + c = 10,000; the one division rounds correctly."""
+    n, k = b + c, min(b, c)
+    term = tail = 1
+    for i in range(k):
+        term = term * (n - i) // (i + 1)  # C(n, i + 1), exact
+        tail += term
+    return min(1.0, 2 * tail / 2**n)
+
+
+def _cp_upper(k: int, m: int, alpha: float) -> float:
+    """Clopper-Pearson upper bound of θ for k successes in m trials: P(X ≤ k; θ) = alpha/2,
+    by bisection on the binomial tail computed in log space (exact enough for m up to 10⁵)."""
+    if k >= m:
+        return 1.0
+    i = np.arange(k + 1)
+    log_comb = np.concatenate([[0.0], np.cumsum(np.log(m - i[:-1]) - np.log(i[:-1] + 1))])
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        th = (lo + hi) / 2
+        lp = log_comb + i * math.log(th) + (m - i) * math.log1p(-th)
+        cdf = math.exp(lp.max()) * np.exp(lp - lp.max()).sum()
+        lo, hi = (th, hi) if cdf > alpha / 2 else (lo, th)
+    return (lo + hi) / 2
+
+
+def mcnemar_interval(b: int, c: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Interval for the paired difference (b − c)/n that matches the exact McNemar test: the
+    Clopper-Pearson interval of θ = b/(b + c), given the b + c discordant images, mapped to
+    (b + c)/n · (2θ − 1). It excludes 0 exactly when the test's p < alpha. With no discordant
+    image the conditional interval would be [0, 0], a false certainty: none (nan) is given."""
+    m = b + c
+    if m == 0:
+        return float("nan"), float("nan")
+    th_lo, th_hi = 1 - _cp_upper(c, m, alpha), _cp_upper(b, m, alpha)
+    return m / n * (2 * th_lo - 1), m / n * (2 * th_hi - 1)
+
+
+def mcnemar_verdict(hit_a, hit_b, relation: str, alpha: float = 0.05) -> dict:
+    """Paired per-example test of a claim A `relation` B on one seed. hit_a, hit_b: boolean
+    vectors (correct, or attack succeeded) of the two sides on the same test images, in the
+    same order. b = images only A hits, c = images only B hits; A − B = (b − c)/n in %.
+    The claim holds when the difference is on the claimed side with p < alpha, does not hold
+    when it is on the other side with p < alpha, and is undecided otherwise (for "≥" too: a
+    non-significant difference does not show A ≥ B)."""
+    a, bb = np.asarray(hit_a, dtype=bool), np.asarray(hit_b, dtype=bool)
+    if a.shape != bb.shape or a.ndim != 1 or a.size == 0:
+        raise AdvssError(f"McNemar needs two per-example vectors of one length, got {a.shape} and {bb.shape}")
+    b, c = int((a & ~bb).sum()), int((~a & bb).sum())
+    n, p = a.size, mcnemar_p(b, c)
+    diff = 100 * (b - c) / n
+    lo, hi = mcnemar_interval(b, c, n, alpha)
+    side = (diff > 0) - (diff < 0)
+    verdict = UNDECIDED if p >= alpha or side == 0 else HOLDS if side == SIDE[relation] else FAILS
+    return {"n_seeds": 1, "diff_mean": diff, "diff_std": float("nan"), "ci95_lo": 100 * lo, "ci95_hi": 100 * hi,
+            "verdict": verdict, "test": MCNEMAR, "n_examples": n, "mcnemar_b": b, "mcnemar_c": c, "p_value": p}
+
+
 # ------------------------------------------------------------- result readers
 def _per_seed(spec, read) -> dict:
     """{seed: read(seed)} over the run's seeds whose result files exist."""
@@ -75,10 +146,32 @@ def ensemble_ra(spec, members) -> dict:
     return _per_seed(spec, lambda s: 100 * read_json(d / f"seed{s}.json")["ra"])
 
 
-def transfer_asr(spec, source, target) -> dict:
-    """Per-seed attack success rate (%) on the (P3,F4) model of `target` of PGD crafted on
-    that of `source`, from the per-example success vectors of
-    results/{run}/transfer/{source model}/full-adv/seed{k}.npz (ASR over all test images)."""
+# per-example readers for one seed: seed -> (test labels y, boolean hits), from the npz files
+def finetuned_hits(spec, p, f, task):
+    """Per-example PGD correctness of the (p, f) fine-tune of `task` (its eval/pgd.npz)."""
+    src, ft = P.source_id(task, p), P.finetune_id(f)
+
+    def read(seed):
+        z = load_npz(finetune_dir(spec["run_dir"], src, ft, seed) / "eval" / "pgd.npz")
+        return z["y"], z["correct_adv"]
+
+    return read
+
+
+def ensemble_hits(spec, members):
+    """Per-example PGD correctness of the ensemble of `members` (one classifier: the averaged
+    softmax, attacked as a whole), from results/{run}/ensembles/{a+b+c}/seed{k}.npz."""
+    d = Path(spec["run_dir"]) / "ensembles" / "+".join(sorted(members))
+
+    def read(seed):
+        z = load_npz(d / f"seed{seed}.npz")
+        return z["y"], z["correct_adv"]
+
+    return read
+
+
+def transfer_hits(spec, source, target):
+    """Per-example success of PGD crafted on `source`'s (P3,F4) model, on `target`'s model."""
     from advss.transfer import transfer_npz
 
     src, tid = P.pretrain_id(source, "P3"), P.pretrain_id(target, "P3")
@@ -88,9 +181,34 @@ def transfer_asr(spec, source, target) -> dict:
         names = [str(t) for t in z["targets"]]
         if tid not in names:
             raise KeyError(tid)
-        return 100 * float(z["success"][names.index(tid)].mean())
+        return z["y"], z["success"][names.index(tid)]
 
-    return _per_seed(spec, read)
+    return read
+
+
+def one_seed_verdict(c: dict, seed) -> dict:
+    """The McNemar test of claim `c` on `seed`, or the reason it stays undecided."""
+    def undecided(why):
+        return {"verdict": f"{UNDECIDED} (one seed; {why})", "test": "none"}
+
+    if not callable(c.get("hits_a")):
+        return undecided(c.get("no_paired_test", "no paired per-example test"))
+    try:
+        (ya, a), (yb, b) = c["hits_a"](seed), c["hits_b"](seed)
+    except (AdvssError, KeyError):
+        return undecided("no per-example results")
+    if ya.shape != yb.shape or not np.array_equal(ya, yb):
+        raise AdvssError(f"claim {c['claim']!r} ({c['task']}): the two sides' per-example results of seed {seed} "
+                         f"are not on the same test images ({len(ya)} vs {len(yb)} labels, or a different order)")
+    return mcnemar_verdict(a, b, c["relation"])
+
+
+def transfer_asr(spec, source, target) -> dict:
+    """Per-seed attack success rate (%) on the (P3,F4) model of `target` of PGD crafted on
+    that of `source`, from the per-example success vectors of
+    results/{run}/transfer/{source model}/full-adv/seed{k}.npz (ASR over all test images)."""
+    hits = transfer_hits(spec, source, target)
+    return _per_seed(spec, lambda s: 100 * float(hits(s)[1].mean()))
 
 
 def _mean(values: dict) -> float:
@@ -99,23 +217,28 @@ def _mean(values: dict) -> float:
 
 # ------------------------------------------------------------- the claims
 def claims(spec) -> list[dict]:
-    """Every claim as {claim, task, a, b, relation, paper_diff}, a/b = {seed: value}."""
+    """Every claim as {claim, task, a, b, relation, paper_diff}, a/b = {seed: value}, with
+    hits_a/hits_b (seed -> per-example vectors) where the two sides are two classifiers'
+    accuracies or success rates on the same images, else no_paired_test (why not)."""
     tasks, rows = spec["tasks"], []
     t3 = P.PAPER_TABLE3
     for t in tasks:
         lab = P.TASK_LABEL[t]
         rows.append({"claim": "(P3,F4) RA > (P1,F4) RA", "task": lab, "relation": ">",
                      "a": finetuned(spec, "P3", "F4", t, "ra"), "b": finetuned(spec, "P1", "F4", t, "ra"),
+                     "hits_a": finetuned_hits(spec, "P3", "F4", t), "hits_b": finetuned_hits(spec, "P1", "F4", t),
                      "paper_diff": t3[t]["P3F4"][1] - t3[t]["P1F4"][1]})
     for t in tasks:
         rows.append({"claim": "(P3,F4) needs fewer epochs to best RA than (P1,F4)", "task": P.TASK_LABEL[t],
                      "relation": "<", "a": finetuned(spec, "P3", "F4", t, "epochs"),
                      "b": finetuned(spec, "P1", "F4", t, "epochs"),
+                     "no_paired_test": "not a per-example accuracy",
                      "paper_diff": t3[t]["P3F4"][2] - t3[t]["P1F4"][2]})
     for t in tasks:
         rows.append({"claim": "F4 ≥ F2: (P3,F4) RA ≥ (P3,F2) RA, every task", "task": P.TASK_LABEL[t],
                      "relation": ">=", "every_task": True, "a": finetuned(spec, "P3", "F4", t, "ra"),
                      "b": finetuned(spec, "P3", "F2", t, "ra"),
+                     "hits_a": finetuned_hits(spec, "P3", "F4", t), "hits_b": finetuned_hits(spec, "P3", "F2", t),
                      "paper_diff": t3[t]["P3F4"][1] - t3[t]["P3F2"][1]})
     if len(tasks) > 1:
         # the best single model is the member with the highest mean RA, as a table would name it
@@ -126,6 +249,7 @@ def claims(spec) -> list[dict]:
         rows.append({"claim": f"the {len(tasks)}-model fine-tuned ensemble RA > the best single (P3,F4) RA",
                      "task": f"{'+'.join(P.TASK_LABEL[t] for t in sorted(tasks))} vs {P.TASK_LABEL[best]}",
                      "relation": ">", "a": ensemble_ra(spec, tasks), "b": singles[best],
+                     "hits_a": ensemble_hits(spec, tasks), "hits_b": finetuned_hits(spec, "P3", "F4", best),
                      "paper_diff": paper[1] - max(t3[t]["P3F4"][1] for t in tasks) if paper else None})
         for s in tasks:  # column s of Table 4: PGD crafted on model s, evaluated on every model
             col = {t: transfer_asr(spec, s, t) for t in tasks}
@@ -133,6 +257,7 @@ def claims(spec) -> list[dict]:
             rows.append({"claim": "Table 4: the diagonal ASR dominates its column", "task":
                          f"attack from {P.TASK_LABEL[s]}: on {P.TASK_LABEL[s]} vs on {P.TASK_LABEL[rival]}",
                          "relation": ">", "a": col[s], "b": col[rival],
+                         "hits_a": transfer_hits(spec, s, s), "hits_b": transfer_hits(spec, s, rival),
                          "paper_diff": P.PAPER_TABLE4[s][s] - max(P.PAPER_TABLE4[t][s] for t in tasks if t != s)})
     return rows
 
@@ -144,11 +269,20 @@ def every_task(verdicts: list[str]) -> str:
     return HOLDS if verdicts and all(v == HOLDS for v in verdicts) else UNDECIDED
 
 
+PER_EXAMPLE = {"test": "none", "n_examples": float("nan"), "mcnemar_b": float("nan"),
+               "mcnemar_c": float("nan"), "p_value": float("nan")}
+
+
 def claims_frame(spec) -> pd.DataFrame:
+    """One row per claim: the t-interval over seeds with several seeds, McNemar with one."""
     rows, every = [], []
     for c in claims(spec):
-        r = {"claim": c["claim"], "task": c["task"], "relation": c["relation"],
-             **paired_verdict(c["a"], c["b"], c["relation"]), "paper_diff": c["paper_diff"]}
+        v = {**paired_verdict(c["a"], c["b"], c["relation"]), **PER_EXAMPLE}
+        if v["n_seeds"] > 1:
+            v["test"] = T_SEEDS
+        elif v["n_seeds"] == 1:
+            v.update(one_seed_verdict(c, min(set(c["a"]) & set(c["b"]))))
+        r = {"claim": c["claim"], "task": c["task"], "relation": c["relation"], **v, "paper_diff": c["paper_diff"]}
         rows.append(r)
         every += [r] if c.get("every_task") else []
     if len(every) > 1:  # the summary row: the weakest task's difference and the combined verdict
@@ -159,19 +293,45 @@ def claims_frame(spec) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def fmt_p(p) -> str:
+    if p is None or math.isnan(p):
+        return "–"
+    return f"{p:.2g}" if p > 0 else "< 1e-300"  # 0.0: the exact p underflows a float
+
+
 def table_claims(spec: dict, prefix):
     df = claims_frame(spec)
+    one_seed = bool((df["test"] == MCNEMAR).any())
     display = pd.DataFrame({
         "Claim": df["claim"], "Compared": df["task"],
         "Difference": [fmt(m, s) for m, s in zip(df["diff_mean"], df["diff_std"])],
         "95% CI": ["–" if math.isnan(lo) else f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(df["ci95_lo"], df["ci95_hi"])],
-        "n": df["n_seeds"], "Verdict": df["verdict"],
-        "Paper difference": [fmt(v) for v in df["paper_diff"]],
+        "n": df["n_seeds"],
     })
-    caption = (f"Claims of the paper tested on {spec['run']}: difference A − B of the two sides of each claim "
-               f"(RA in %, or epochs to best RA), paired by seed, mean ± std over n seeds with the 95% t-interval "
-               f"of its mean; a claim holds when the interval lies on the claimed side of 0, does not hold when it "
-               f"lies on the other side, and is undecided otherwise (or with one seed). Paper difference from its "
-               f"CIFAR-10 ResNet-50 tables. config {spec['config_hash']}")
+    if one_seed:
+        display["Test"] = ["–" if t == "none" else t for t in df["test"]]
+        display["b / c"] = ["–" if math.isnan(b) else f"{int(b)} / {int(c)}"
+                            for b, c in zip(df["mcnemar_b"], df["mcnemar_c"])]
+        display["p"] = [fmt_p(p) for p in df["p_value"]]
+    display["Verdict"] = df["verdict"]
+    display["Paper difference"] = [fmt(v) for v in df["paper_diff"]]
+    if one_seed:
+        caption = (f"Claims of the paper tested on {spec['run']}, one seed: difference A − B of the two sides of each "
+                   f"claim (RA or attack success rate in %, or epochs to best RA), from the per-example results of the "
+                   f"two models on the same test images. Test: {MCNEMAR}: b = images only A gets right (or only A's "
+                   f"attack succeeds on), c = the converse, p = the exact two-sided McNemar p-value (binomial on b, c), "
+                   f"95% CI = the exact interval of the difference given b + c (Clopper-Pearson on b/(b + c)), which "
+                   f"excludes 0 exactly when p < 0.05. It accounts for the sampling of test images "
+                   f"only, not for the variation between training seeds, which needs several seeds. A claim holds when "
+                   f"the difference is on the claimed side with p < 0.05, does not hold when it is on the other side "
+                   f"with p < 0.05, and is undecided otherwise; a claim that is not a per-example accuracy (epochs to "
+                   f"best) stays undecided with one seed. Paper difference from its CIFAR-10 ResNet-50 tables. "
+                   f"config {spec['config_hash']}")
+    else:
+        caption = (f"Claims of the paper tested on {spec['run']}: difference A − B of the two sides of each claim "
+                   f"(RA in %, or epochs to best RA), paired by seed, mean ± std over n seeds with the 95% t-interval "
+                   f"of its mean; a claim holds when the interval lies on the claimed side of 0, does not hold when it "
+                   f"lies on the other side, and is undecided otherwise (or with one seed). Paper difference from its "
+                   f"CIFAR-10 ResNet-50 tables. config {spec['config_hash']}")
     write_table(display, df, prefix, caption)
     return df

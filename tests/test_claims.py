@@ -1,17 +1,22 @@
 """The claims table: verdicts from paired 95% intervals, flipping from "holds" to
 "does not hold" when fixture metrics are swapped, and "undecided (no results)" for
-features whose result files are absent."""
+features whose result files are absent. With one seed: the exact McNemar test on the
+per-example result vectors (p-values and intervals checked by hand and by brute force)."""
 from __future__ import annotations
 
 import math
+import time
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from advss import claims as C
+from advss import protocol as P
+from advss import report as R
 from advss.io import save_npz, write_json
-from test_stats import fill, report_spec
+from test_stats import ALL_SCENARIOS, fill, report_spec
 
 TASKS = ("rotation", "jigsaw", "selfie")
 SEEDS = [0, 1, 2]
@@ -82,25 +87,149 @@ def test_claims_flip_when_metrics_are_swapped(tmp_path):
     assert "config cafe0123" in md
 
 
-def test_one_seed_decides_nothing(tmp_path):
-    fill(tmp_path, [0], TASKS, paper_like)
-    # (the "every task" summary row reads plain "undecided")
-    assert set(verdicts(tmp_path, [0]).values()) == {"undecided (one seed)", "undecided (no results)", C.UNDECIDED}
+def test_one_seed_without_per_example_results_decides_nothing(tmp_path):
+    fill(tmp_path, [0], TASKS, paper_like)  # test.json and meta.json only, no eval/pgd.npz
+    assert set(verdicts(tmp_path, [0]).values()) == {
+        "undecided (one seed; no per-example results)", "undecided (one seed; not a per-example accuracy)",
+        "undecided (no results)", C.UNDECIDED}
 
 
-def write_ensemble_and_transfer(run_dir, ens_gain, diag_gain):
-    """Ensemble RA = best single (P3,F4) RA + ens_gain (results/{run}/ensembles/…/seed{k}.json,
-    as advss.ensemble_eval writes it); transfer ASR on the source's own model = 50 %, on
-    the others 50 − diag_gain %, per seed (with noise)."""
-    for s in SEEDS:
+# ------------------------------------------------------------- McNemar (one seed)
+def test_mcnemar_p_matches_hand_computations():
+    assert C.mcnemar_p(0, 10) == 2 * 0.5**10 and C.mcnemar_p(10, 0) == 2 * 0.5**10
+    for k in (0, 1, 7, 500):
+        assert C.mcnemar_p(k, k) == 1.0  # no evidence either way
+    assert C.mcnemar_p(1, 0) == 1.0  # 2·P(X ≤ 0) = 2·½, capped
+    # b = 6, c = 16: 2·(1 + 22 + 231 + 1540 + 7315 + 26334 + 74613)/2²² = 0.052479 (just above 0.05)
+    assert C.mcnemar_p(6, 16) == 2 * 110056 / 2**22 == pytest.approx(0.0524788, abs=1e-7)
+    # brute force with exact fractions, both orders
+    for b, c in [(3, 9), (17, 30), (41, 40), (0, 1), (100, 140)]:
+        n = b + c
+        exact = min(Fraction(1), 2 * Fraction(sum(math.comb(n, i) for i in range(min(b, c) + 1)), 2**n))
+        assert C.mcnemar_p(b, c) == C.mcnemar_p(c, b) == float(exact)
+
+
+def test_mcnemar_is_exact_and_fast_at_ten_thousand_images():
+    t = time.perf_counter()
+    p = C.mcnemar_p(4900, 5100)
+    lo, hi = C.mcnemar_interval(4900, 5100, 10_000)
+    assert time.perf_counter() - t < 1.0
+    # the normal approximation with continuity correction is accurate here: z = (200 − 1)/100
+    z = 1.99
+    assert p == pytest.approx(math.erfc(z / math.sqrt(2)), rel=2e-3) and p < 0.05
+    assert lo < hi < 0  # excludes 0, as p < 0.05 says
+    assert C.mcnemar_p(0, 10_000) == 0.0 or C.mcnemar_p(0, 10_000) < 1e-300  # underflows, no error
+
+
+def test_mcnemar_interval_is_clopper_pearson_and_agrees_with_the_test():
+    # b = 40, c = 0 of n = 1000: θ = b/(b+c) has the CP lower bound 0.025^(1/40) (the upper is 1)
+    lo, hi = C.mcnemar_interval(40, 0, 1000)
+    assert lo == pytest.approx(0.04 * (2 * 0.025 ** (1 / 40) - 1), rel=1e-9) and hi == pytest.approx(0.04)
+    # the upper bound solves P(X ≤ k; θ) = 2.5 %
+    for k, m in [(3, 20), (50, 120)]:
+        th = C._cp_upper(k, m, 0.05)
+        assert sum(math.comb(m, i) * th**i * (1 - th) ** (m - i) for i in range(k + 1)) == pytest.approx(0.025)
+    # the interval excludes 0 exactly when p < 0.05 (checked on both sides of the edge of
+    # significance, for each b), and mirrors when b and c swap
+    for b in range(0, 25):
+        edge = next(c for c in range(b, 200) if C.mcnemar_p(b, c) < 0.05)
+        for c in (edge - 1, edge):
+            lo, hi = C.mcnemar_interval(b, c, 200)
+            assert (C.mcnemar_p(b, c) < 0.05) == (not lo <= 0 <= hi), (b, c)
+            assert C.mcnemar_interval(c, b, 200) == pytest.approx((-hi, -lo), abs=1e-12)
+
+
+def hits(b, c, both=50, neither=50):
+    """Per-example vectors of A and B with b images only A hits and c only B hits."""
+    a = [1] * b + [0] * c + [1] * both + [0] * neither
+    bb = [0] * b + [1] * c + [1] * both + [0] * neither
+    return np.array(a, bool), np.array(bb, bool)
+
+
+def test_mcnemar_verdicts_follow_the_claimed_side():
+    r = C.mcnemar_verdict(*hits(20, 5), ">")
+    # A − B = (20 − 5)/125 = 12 points; p = 2·P(X ≤ 5), X ~ Bin(25, ½) = 0.0041
+    assert (r["mcnemar_b"], r["mcnemar_c"], r["n_examples"]) == (20, 5, 125)
+    assert r["diff_mean"] == pytest.approx(12.0) and r["p_value"] == pytest.approx(0.004077, abs=1e-6)
+    assert r["ci95_lo"] > 0 and r["verdict"] == C.HOLDS and r["test"] == C.MCNEMAR
+    assert C.mcnemar_verdict(*hits(20, 5), ">=")["verdict"] == C.HOLDS
+    assert C.mcnemar_verdict(*hits(20, 5), "<")["verdict"] == C.FAILS
+    assert C.mcnemar_verdict(*hits(5, 20), ">")["verdict"] == C.FAILS
+    assert C.mcnemar_verdict(*hits(5, 20), "<")["verdict"] == C.HOLDS
+    # symmetry: swapping the sides flips the difference and the interval, keeps b ↔ c and p
+    s = C.mcnemar_verdict(*reversed(hits(20, 5)), ">")
+    assert (s["mcnemar_b"], s["mcnemar_c"], s["p_value"]) == (5, 20, r["p_value"])
+    assert s["diff_mean"] == pytest.approx(-12) and s["ci95_hi"] == pytest.approx(-r["ci95_lo"])
+    # not significant (6 vs 16: p = 0.052), equal, or identical: undecided, "≥" included
+    for b, c in [(6, 16), (16, 6), (9, 9), (0, 0)]:
+        for rel in (">", ">=", "<"):
+            assert C.mcnemar_verdict(*hits(b, c), rel)["verdict"] == C.UNDECIDED
+    # the two models agree on every image: no interval rather than a zero-width one
+    assert math.isnan(C.mcnemar_verdict(*hits(0, 0), ">")["ci95_lo"])
+    with pytest.raises(Exception, match="one length"):
+        C.mcnemar_verdict(np.ones(5, bool), np.ones(6, bool), ">")
+
+
+def write_pgd(run_dir, src, ft, seed, ra, n=1000):
+    """eval/pgd.npz as advss.evaluate saves it: the first round(n·RA) test images are robust."""
+    correct = np.arange(n) < round(n * ra / 100)
+    save_npz(R.finetune_dir(run_dir, src, ft, seed) / "eval" / "pgd.npz", y=np.arange(n) % 10,
+             correct_clean=np.ones(n, bool), correct_adv=correct, pred_clean=np.arange(n) % 10,
+             pred_adv=np.where(correct, np.arange(n) % 10, 0))
+
+
+def fill_one_seed(run_dir, value):
+    fill(run_dir, [0], TASKS, value)
+    for src, ft in P.scenario_jobs(ALL_SCENARIOS, TASKS):
+        write_pgd(run_dir, src, ft, 0, value(src, ft, 0)[1])
+
+
+def test_one_seed_claims_are_decided_by_mcnemar(tmp_path):
+    """Today's code reads "undecided (one seed)" for every claim of a one-seed run; with the
+    per-example vectors the Table 3 RA claims are decided, and flip when the metrics swap."""
+    fill_one_seed(tmp_path / "a", paper_like)
+    fill_one_seed(tmp_path / "b", swapped)
+    a, b = verdicts(tmp_path / "a", [0]), verdicts(tmp_path / "b", [0])
+    ra = [k for k in a if k[0].startswith(("(P3,F4) RA", "F4"))]
+    assert len(ra) == 3 + 3 + 1
+    assert all(a[k] == C.HOLDS for k in ra), a
+    assert all(b[k] == C.FAILS for k in ra), b
+    epochs = [v for k, v in a.items() if "epochs" in k[0]]
+    assert epochs == ["undecided (one seed; not a per-example accuracy)"] * 3
+    df = pd.read_csv(tmp_path / "a" / "claims.csv")
+    row = df[(df["claim"] == "(P3,F4) RA > (P1,F4) RA") & (df["task"] == "Rotation")].iloc[0]
+    # RA 44.5 % vs 40.5 % on 1,000 nested images: b = 40, c = 0, p = 2·0.5⁴⁰
+    assert (row["mcnemar_b"], row["mcnemar_c"], row["n_examples"]) == (40, 0, 1000)
+    assert row["p_value"] == 2 * 0.5**40 and row["diff_mean"] == pytest.approx(4.0)
+    md = (tmp_path / "a" / "claims.md").read_text()
+    assert ("| (P3,F4) RA > (P1,F4) RA | Rotation | 4.00 | [3.30, 4.00] | 1 | McNemar, test-sampling uncertainty "
+            "only (1 seed) | 40 / 0 | 1.8e-12 | holds | 3.18 |") in md
+    assert "test-sampling uncertainty only" in md and "not for the variation between training seeds" in md
+
+
+def test_one_seed_needs_the_same_test_images(tmp_path):
+    fill_one_seed(tmp_path, paper_like)
+    write_pgd(tmp_path, "scratch", "full-adv", 0, 40.0, n=900)
+    with pytest.raises(Exception, match="not on the same test images"):
+        verdicts(tmp_path, [0])
+
+
+def write_ensemble_and_transfer(run_dir, ens_gain, diag_gain, seeds=SEEDS, n=1000):
+    """Ensemble RA = best single (P3,F4) RA + ens_gain (results/{run}/ensembles/…/seed{k}.json
+    and .npz, as advss.ensemble_eval writes them); transfer ASR on the source's own model = 50 %,
+    on the others 50 − diag_gain %, per seed (with noise)."""
+    for s in seeds:
         noise = (0.3, -0.2, 0.0)[s]
         best = 45.0 - (0.5, -0.4, 0.1)[s]
-        write_json(run_dir / "ensembles" / "jigsaw+rotation+selfie" / f"seed{s}.json",
-                   {"ta": 0.8, "ra": (best + ens_gain + noise) / 100})
-        for src in TASKS:  # per-example success vectors over 1,000 test images, as advss.transfer saves them
+        d = run_dir / "ensembles" / "jigsaw+rotation+selfie"
+        write_json(d / f"seed{s}.json", {"ta": 0.8, "ra": (best + ens_gain + noise) / 100})
+        correct = np.arange(n) < round(n * (best + ens_gain + noise) / 100)
+        save_npz(d / f"seed{s}.npz", y=np.arange(n) % 10, correct_clean=np.ones(n, bool), correct_adv=correct,
+                 pred_clean=np.arange(n) % 10, pred_adv=np.where(correct, np.arange(n) % 10, 0))
+        for src in TASKS:  # per-example success vectors over the test images, as advss.transfer saves them
             rates = [(50.0 - (0 if t == src else diag_gain) + noise) / 100 for t in TASKS]
-            success = np.arange(1000)[None, :] < np.round(1000 * np.array(rates))[:, None]
-            save_npz(run_dir / "transfer" / f"{src}-adv" / "full-adv" / f"seed{s}.npz",
+            success = np.arange(n)[None, :] < np.round(n * np.array(rates))[:, None]
+            save_npz(run_dir / "transfer" / f"{src}-adv" / "full-adv" / f"seed{s}.npz", y=np.arange(n) % 10,
                      targets=np.array([f"{t}-adv" for t in TASKS]), success=success)
 
 
@@ -111,6 +240,21 @@ def test_ensemble_and_transfer_claims_read_their_result_files(tmp_path, gain, ve
     v = verdicts(tmp_path)
     others = [val for k, val in v.items() if k[0].startswith(("the ", "Table 4"))]
     assert others == [verdict] * 4
+
+
+@pytest.mark.parametrize("gain, verdict", [(3.0, C.HOLDS), (-3.0, C.FAILS)])
+def test_one_seed_ensemble_and_transfer_claims_use_mcnemar(tmp_path, gain, verdict):
+    """The ensemble (one classifier: the averaged softmax) against the best single model, and
+    one attack's success on two models: both paired on the same test images."""
+    fill_one_seed(tmp_path, paper_like)
+    write_ensemble_and_transfer(tmp_path, gain, gain, seeds=[0])
+    v = verdicts(tmp_path, [0])
+    others = [val for k, val in v.items() if k[0].startswith(("the ", "Table 4"))]
+    assert others == [verdict] * 4
+    df = pd.read_csv(tmp_path / "claims.csv").set_index("claim")
+    ens = df.loc["the 3-model fine-tuned ensemble RA > the best single (P3,F4) RA"]
+    # ensemble RA 44.5 + gain + 0.3 % against the best single 44.5 %, on 1,000 images
+    assert (ens["mcnemar_b"], ens["mcnemar_c"]) == ((33, 0) if gain > 0 else (0, 27))
 
 
 @pytest.mark.slow

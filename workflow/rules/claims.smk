@@ -1,5 +1,6 @@
 # The claims table: each directional claim of the paper with its measured difference,
-# 95% interval over seeds and verdict, from result files only.
+# 95% interval over seeds and verdict, from result files only (with one seed: McNemar
+# tests on the per-example results, test-sampling uncertainty only).
 TABLES += ["claims"]
 
 
@@ -30,6 +31,6 @@ rule claims:
     conda:
         "../../environment.yml"
     message:
-        "Claims: each directional claim of the paper, with its interval over seeds"
+        "Claims: each directional claim of the paper, with its interval over seeds (McNemar with one seed)"
     shell:
         "python -m advss table claims --spec {params.spec:q} --out {output.csv} > {log} 2>&1"
