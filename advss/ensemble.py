@@ -93,23 +93,35 @@ def objective(model, task, inputs, targets, gen, cfg, threat: Threat):
 
 
 # ------------------------------------------------------------------ Table 5
+SIGN_EFFECT = {  # what each sign of α·g in the weights' loss does to g, for Table 5's caption
+    1: "the weights minimise ℓ + α·g, as eq. (3) and the reference code do; this pushes g down, "
+       "pulling the members' input gradients together (aligned)",
+    -1: "the weights minimise ℓ − α·g, the diversity-promoting reading of the text; this pushes g up, "
+        "pushing the members' input gradients apart (towards orthogonal)",
+}
+
+
 def table5(spec: dict, prefix):
-    """Single-task (P3,F4) models next to AP+SE and AP+DPE fine-tuned alike (and any
-    other fine-tuning modes listed under spec['ensemble_finetune'])."""
+    """Single-task (P3,F4) models next to AP+SE and AP+DPE, a row per sign in
+    spec['ensemble_signs'], fine-tuned alike (and any other fine-tuning modes listed
+    under spec['ensemble_finetune']). The paper reports one AP+DPE: its values stand
+    beside each sign's row, since which sign gives its effect is the open question."""
     import pandas as pd
 
     from advss import protocol as P
     from advss.report import aggregate, autoattack_note, drop_empty, finetune_result, result_columns, seeds_phrase, write_table
 
+    signs = spec["ensemble_signs"]
     models = [(P.TASK_LABEL[t], P.pretrain_id(t, "P3"), t) for t in spec["tasks"]]
-    models += [("AP+SE", "ensemble-se", "AP+SE"), ("AP+DPE", "ensemble-dpe", "AP+DPE")]
+    models += [("AP+SE", "ensemble-se", "AP+SE")]
+    models += [(P.ENSEMBLE_DPE[s][1], P.ensemble_dpe_id(s), "AP+DPE") for s in signs]
     rows = []
     for f in spec.get("ensemble_finetune", ["F4"]):
         for label, src, key in models:
             for seed in spec["seeds"]:
                 r = finetune_result(spec["run_dir"], src, P.finetune_id(f), seed)
-                rows.append({"scenario": f"(P3,{f})", "model": label, "key": key, "seed": seed, **r})
-    agg = aggregate(pd.DataFrame(rows), ["scenario", "model", "key"], ["ta", "ra", "ra_aa", "epochs"])
+                rows.append({"scenario": f"(P3,{f})", "model": label, "source": src, "key": key, "seed": seed, **r})
+    agg = aggregate(pd.DataFrame(rows), ["scenario", "model", "source", "key"], ["ta", "ra", "ra_aa", "epochs"])
     paper = [P.PAPER_TABLE5.get(k, (None,) * 3) if s == "(P3,F4)" else (None,) * 3
              for s, k in zip(agg["scenario"], agg["key"])]
     agg["paper_ta"], agg["paper_ra"], agg["paper_epochs"] = zip(*paper)
@@ -118,10 +130,13 @@ def table5(spec: dict, prefix):
     aa_note = autoattack_note(display, spec.get("autoattack_n"))
     agg = drop_empty(agg)
     n = int(agg["n_seeds"].min())
+    effects = " ".join(f"{P.ENSEMBLE_DPE[s][1]}: {SIGN_EFFECT[s]}." for s in signs)
     caption = (f"Table 5 ({spec['run']}): single-task (P3,F4) models vs ensemble adversarial pretraining without "
-               f"(AP+SE, α = 0) and with the diversity regulariser (AP+DPE, α = {spec['ensemble_alpha']}, "
-               f"sign {spec['ensemble_sign']:+d}), each fine-tuned alike; test TA / RA (PGD-{spec['eval_steps']}, %) "
-               f"and epochs to best validation RA, {seeds_phrase(n)}; "
-               f"paper values (CIFAR-10, ResNet-50) beside.{aa_note} config {spec['config_hash']}")
+               f"(AP+SE, α = 0) and with the log-det regulariser (AP+DPE, α = {spec['ensemble_alpha']}), each "
+               f"fine-tuned alike. g = log det(GᵀG + ridge·I) of the members' normalised input gradients is ≤ 0, "
+               f"and 0 when they are orthogonal; the attacker ascends ℓ̄ + α·g under either sign. {effects} "
+               f"Test TA / RA (PGD-{spec['eval_steps']}, %) and epochs to best validation RA, {seeds_phrase(n)}; "
+               f"paper values (CIFAR-10, ResNet-50) beside, its one AP+DPE beside each sign.{aa_note} "
+               f"config {spec['config_hash']}")
     write_table(display, agg, prefix, caption)
     return agg

@@ -42,8 +42,32 @@ ABLATION_PT_RE = r"(rotation|jigsaw|selfie)-(adv-n\d+|smooth)"
 SRC_RE += "|" + ABLATION_PT_RE
 BASELINE_FT = "full-adv-rotaux"
 FT_RE += r"(-rotaux)?"  # parse_ft reads it as full-adv; finetune_spec then sets the task
-ENSEMBLE_PT_RE = r"ensemble-(se|dpe)"  # Table 5: AP+SE / AP+DPE, trained by rules/ensemble.smk
+# Table 5's ensemble pretrainings (rules/ensemble.smk): AP+SE (α = 0) and AP+DPE with each sign
+# of α·g in the weights' loss (advss/ensemble.py): 'ensemble-dpe' is +1, eq. (3) as written and the
+# reference code; 'ensemble-dpe-neg' is -1, the diversity-promoting reading of the text.
+ENSEMBLE_DPE = {1: ("dpe", "AP+DPE (+α·g, Eq. 3)"), -1: ("dpe-neg", "AP+DPE (−α·g, diversity)")}
+ENSEMBLE_VARIANT_RE = "|".join(["se", *(v for v, _ in ENSEMBLE_DPE.values())])
+ENSEMBLE_PT_RE = rf"ensemble-({ENSEMBLE_VARIANT_RE})"
 SRC_RE += "|" + ENSEMBLE_PT_RE
+
+
+def ensemble_dpe_id(sign: int) -> str:
+    """Pretraining id of AP+DPE with this sign of α·g: 'ensemble-dpe' (+1), 'ensemble-dpe-neg' (-1)."""
+    if sign not in ENSEMBLE_DPE:
+        raise ValueError(f"ensemble sign must be +1 or -1, not {sign!r}")
+    return f"ensemble-{ENSEMBLE_DPE[sign][0]}"
+
+
+def ensemble_signs(section: dict) -> list[int]:
+    """The AP+DPE signs a config's `ensemble` section trains, +1 first: `signs`, or the older
+    one-value `sign` (a one-sign Table 5); both signs when neither is given."""
+    if "sign" in section and "signs" in section:
+        raise ValueError("config section 'ensemble': give `signs` (a list, e.g. [1, -1]) or the older "
+                         "one-value `sign`, not both")
+    signs = section["signs"] if "signs" in section else [section["sign"]] if "sign" in section else [1, -1]
+    if not signs or any(s not in ENSEMBLE_DPE for s in signs):
+        raise ValueError(f"config section 'ensemble': signs must be a list of +1 and/or -1, not {signs!r}")
+    return sorted(set(signs), reverse=True)
 
 
 def pretrain_id(task: str, p: str) -> str:

@@ -1,16 +1,20 @@
 """Ensemble adversarial pretraining (eq. 2–4): the log-det diversity term, its gradient
-to the weights, the α = 0 path, the sign key, the three-member task, and a pretrain →
-fine-tune run through the one training loop."""
+to the weights, the α = 0 path, the sign key and what each sign does to g, the
+three-member task, a pretrain → fine-tune run through the one training loop, and
+Table 5 with a row (and a pretraining) per sign."""
 from __future__ import annotations
 
 import json
 import math
+import shlex
 
 import pytest
 import torch
+import yaml
 
-from conftest import TINY_MODEL, train_spec
+from conftest import ROOT, TINY_MODEL, train_spec
 
+from advss import protocol as P
 from advss.attacks import Threat
 from advss.ensemble import RIDGE, log_det_diversity, member_losses_and_diversity
 from advss.io import generator
@@ -93,6 +97,65 @@ def test_sign_key_flips_the_regulariser_in_the_weights_loss():
         _loss("ensemble", {"alpha": alpha, "sign": 2}, model, task, inputs, targets, steps=1)
 
 
+class ToyMembers(torch.nn.Module):
+    """M members on one input each: a shared and an own linear map, a shared head. The own
+    maps start small, so the members' input gradients start nearly aligned (g ≈ −4)."""
+
+    def __init__(self, d=16, h=8, c=4, m=3):
+        super().__init__()
+        self.shared, self.head = torch.nn.Linear(d, h, bias=False), torch.nn.Linear(h, c)
+        self.own = torch.nn.ModuleList(torch.nn.Linear(d, h, bias=False) for _ in range(m))
+        with torch.no_grad():
+            for o in self.own:
+                o.weight.mul_(0.3)
+
+    def forward(self, x):
+        return torch.stack([self.head(torch.tanh(self.shared(x[:, k]) + o(x[:, k]))) for k, o in enumerate(self.own)], 1)
+
+
+class ToyTask:
+    """The ensemble task's interface: per-member losses (N×M), member k reads x[:, k]."""
+    name = "toy"
+
+    def member_losses(self, model, x, targets):
+        logits = model(x)
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(),
+                                                 reduction="none").view(targets.shape), logits
+
+    def loss(self, model, x, targets):
+        losses, logits = self.member_losses(model, x, targets)
+        return losses.mean(1), logits
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_one_step_of_minus_sign_raises_g_and_plus_sign_lowers_it(seed):
+    """What Table 5's two rows differ in: minimising ℓ − α·g diversifies the members' input
+    gradients (g up, towards 0 = orthogonal), minimising ℓ + α·g (eq. 3) aligns them (g down)."""
+    torch.manual_seed(seed)
+    x = torch.rand(32, 1, 16).expand(32, 3, 16).contiguous()           # one image for all members
+    targets = torch.randint(0, 4, (32, 1)).expand(32, 3).contiguous()
+    init = ToyMembers().state_dict()
+    task = ToyTask()
+
+    def g_mean(model):
+        return float(member_losses_and_diversity(model, task, x, targets)[1].mean().detach())
+
+    after = {}
+    for sign in (1, -1):
+        model = ToyMembers()
+        model.load_state_dict(init)
+        g0 = g_mean(model)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        loss, _ = OBJECTIVES["ensemble"](model, task, x, targets, generator(3, "cpu"),
+                                         {"alpha": 0.1, "sign": sign}, Threat(steps=1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        after[sign] = g_mean(model)
+    assert -8 < g0 < -1                                                # aligned, but not parallel
+    assert after[-1] > g0 + 1e-3 and after[1] < g0 - 1e-3, (g0, after)
+
+
 # ------------------------------------------------------------------ the task
 def test_members_are_built_from_the_same_image():
     model, task = ensemble_model()
@@ -135,3 +198,75 @@ def test_ensemble_pretraining_then_finetuning_transfers_the_shared_trunk(tiny_da
                and not torch.equal(v, init_sd[k])]
     assert changed and meta["transfer"]["loaded"] == sum(k.startswith(("trunk.stem.", "trunk.layer1.", "trunk.layer2.",
                                                                          "trunk.layer3.")) for k in pre_sd)
+
+
+# ------------------------------------------------------------------ Table 5, one row per sign
+def _fake_finetune(run_dir, src, ft, seed, ta, ra, epochs):
+    d = run_dir / "finetune" / src / ft / f"seed{seed}"
+    d.mkdir(parents=True)
+    (d / "test.json").write_text(json.dumps({"ta": ta, "ra": ra}))
+    (d / "meta.json").write_text(json.dumps({"epochs_to_best": epochs, "epochs_run": 3, "spec_hash": "x"}))
+
+
+def test_table5_has_a_row_per_sign_with_its_own_results(tmp_path):
+    from advss.ensemble import table5
+
+    run = tmp_path / "results" / "r"
+    srcs = ["rotation-adv", "jigsaw-adv", "selfie-adv", "ensemble-se", "ensemble-dpe", "ensemble-dpe-neg"]
+    for i, src in enumerate(srcs):
+        for seed in (0, 1):
+            _fake_finetune(run, src, "full-adv", seed, ta=0.5 + 0.01 * i, ra=0.2 + 0.01 * i + 0.001 * seed, epochs=i)
+    spec = {"run": "r", "run_dir": str(run), "tasks": ["rotation", "jigsaw", "selfie"], "seeds": [0, 1],
+            "eval_steps": 5, "config_hash": "h", "ensemble_alpha": 0.1, "ensemble_signs": [1, -1],
+            "ensemble_finetune": ["F4"]}
+    agg = table5(spec, tmp_path / "table5")
+    assert list(agg["model"]) == ["Rotation", "Jigsaw", "Selfie", "AP+SE", "AP+DPE (+α·g, Eq. 3)",
+                                  "AP+DPE (−α·g, diversity)"]
+    assert list(agg["source"]) == srcs
+    assert agg["ra"].tolist() == pytest.approx([100 * (0.2 + 0.01 * i + 0.0005) for i in range(6)])
+    dpe = agg[agg["source"].str.startswith("ensemble-dpe")]
+    assert dpe["paper_ra"].tolist() == [P.PAPER_TABLE5["AP+DPE"][1]] * 2    # the paper's one AP+DPE beside each
+    caption = (tmp_path / "table5.md").read_text()
+    assert "is ≤ 0, and 0 when they are orthogonal" in caption
+    assert "pushes g down, pulling the members' input gradients together" in caption      # +1
+    assert "pushes g up, pushing the members' input gradients apart" in caption           # −1
+    # a one-sign config (the older `sign: -1`) gives that row only
+    spec["ensemble_signs"] = [-1]
+    agg = table5(spec, tmp_path / "one")
+    assert list(agg["model"])[-2:] == ["AP+SE", "AP+DPE (−α·g, diversity)"]
+    assert "pushes g down" not in (tmp_path / "one.md").read_text()
+
+
+def _dry_run_specs(tmp_path, ensemble: dict, *targets):
+    """The --spec of each ensemble pretraining a dry run plans for `targets`, by output path,
+    on the mini config with its `ensemble` section's sign keys replaced."""
+    from test_workflow import snakemake
+
+    cfg = yaml.safe_load((ROOT / "tests" / "configs" / "mini.yaml").read_text())
+    cfg["ensemble"] = {k: v for k, v in cfg["ensemble"].items() if k not in ("sign", "signs")} | ensemble
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    p = snakemake("-n", "-p", *targets, "--configfile", path, cwd=tmp_path, check=False)
+    specs = {}
+    for line in p.stdout.splitlines():
+        if line.startswith("Shell command: python -m advss pretrain") and "/pretrain/ensemble-" in line:
+            args = shlex.split(line.removeprefix("Shell command: ").split(" > ")[0])
+            specs[args[args.index("--out-model") + 1]] = json.loads(args[args.index("--spec") + 1])
+    return p, specs
+
+
+def test_each_sign_is_its_own_pretraining_and_table5_asks_for_both(tmp_path):
+    run = yaml.safe_load((ROOT / "tests" / "configs" / "mini.yaml").read_text())["run"]
+    model = f"results/{run}/pretrain/{{}}/seed0/model.pt"
+    p, specs = _dry_run_specs(tmp_path, {"signs": [1, -1]}, f"results/{run}/tables/table5.csv")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert {k: v["objective"].get("sign") for k, v in specs.items()} == {
+        model.format("ensemble-se"): None, model.format("ensemble-dpe"): 1, model.format("ensemble-dpe-neg"): -1}
+    assert all(v["objective"]["alpha"] == 0.1 for k, v in specs.items() if "dpe" in k)
+    # the older one-value `sign` still works: sign −1 trains ensemble-dpe-neg only (ensemble-dpe stays +1)
+    p, specs = _dry_run_specs(tmp_path, {"sign": -1}, f"results/{run}/tables/table5.csv")
+    assert p.returncode == 0 and model.format("ensemble-dpe") not in specs
+    assert specs[model.format("ensemble-dpe-neg")]["objective"]["sign"] == -1
+    # both keys at once is refused before any job, with a message that says so
+    p, _ = _dry_run_specs(tmp_path, {"sign": 1, "signs": [1, -1]}, f"results/{run}/tables/table5.csv")
+    assert p.returncode != 0 and "not both" in p.stdout + p.stderr

@@ -205,7 +205,8 @@ def table3_inputs(wildcards):
 
 
 # Figure 1's "Ensemble pretrain" point: AP+DPE fine-tuned with F4, when the ensemble feature is on.
-FIGURE1_EXTRA = [["Ensemble pretrain (AP+DPE)", "ensemble-dpe"]] if config.get("ensemble") else []
+FIGURE1_EXTRA = [[f"Ensemble pretrain: {P.ENSEMBLE_DPE[s][1]}", P.ensemble_dpe_id(s)]  # the +1 model where trained
+                 for s in P.ensemble_signs(config["ensemble"])[:1]] if config.get("ensemble") else []
 
 
 def figure1_inputs(wildcards):

@@ -1,6 +1,7 @@
-# Ensemble adversarial pretraining (paper eq. 2–4): AP+SE (α = 0) and AP+DPE (α > 0) on one
-# shared trunk, fine-tuned by the ordinary `finetune` rule (src = ensemble-se|ensemble-dpe,
-# whose `finetune_init` finds the model below), and Table 5. The `ensemble` section turns it on.
+# Ensemble adversarial pretraining (paper eq. 2–4): AP+SE (α = 0) and AP+DPE (α > 0; +α·g as
+# 'ensemble-dpe', −α·g as 'ensemble-dpe-neg') on one shared trunk, fine-tuned by the ordinary
+# `finetune` rule (src = ensemble-<variant>, whose `finetune_init` finds the model below), and
+# Table 5. The `ensemble` section turns it on; `ensemble.signs` picks the AP+DPE signs.
 
 include: "ensemble_common.smk"  # config and helpers (a rule file holds rules only: --lint)
 
@@ -9,7 +10,7 @@ localrules:
     table5,
 
 
-# Ensemble pretraining of the pretext tasks on one trunk (AP+SE or AP+DPE).
+# Ensemble pretraining of the pretext tasks on one trunk (AP+SE, or AP+DPE with either sign).
 rule pretrain_ensemble:
     input:
         data=rules.prepare_data.output.data,
@@ -20,7 +21,7 @@ rule pretrain_ensemble:
     log:
         "results/{run}/logs/pretrain/ensemble-{variant}/seed{seed}.log",
     wildcard_constraints:
-        variant="se|dpe",
+        variant=P.ENSEMBLE_VARIANT_RE,
     params:
         spec=ensemble_pretrain_spec,
         resume="results/{run}/.resume/pretrain/ensemble-{variant}/seed{seed}",
@@ -38,7 +39,7 @@ rule pretrain_ensemble:
         " --resume-dir {params.resume} > {log} 2>&1"
 
 
-# Table 5: single-task (P3,F4) models next to AP+SE and AP+DPE fine-tuned alike.
+# Table 5: single-task (P3,F4) models next to AP+SE and AP+DPE (a row per sign) fine-tuned alike.
 rule table5:
     input:
         table5_inputs,
@@ -53,6 +54,6 @@ rule table5:
     conda:
         "../../environment.yml"
     message:
-        "Table 5: single-task vs ensemble adversarial pretraining (AP+SE, AP+DPE)"
+        "Table 5: single-task vs ensemble adversarial pretraining (AP+SE, AP+DPE with each sign)"
     shell:
         "python -m advss table table5 --spec {params.spec:q} --out {output.csv} > {log} 2>&1"

@@ -2,15 +2,18 @@
 # (rule files hold rules only, helpers live here, as --lint asks).
 ENS = config["ensemble"] if validate_section("ensemble", "../schemas/ensemble.schema.yaml") else {}
 TABLES += ["table5"] if ENS else []
+ENS_SIGNS = P.ensemble_signs(ENS) if ENS else []  # AP+DPE's signs of α·g, one pretraining each
+ENS_VARIANT_SIGN = {variant: s for s, (variant, _) in P.ENSEMBLE_DPE.items()}  # "dpe": +1, "dpe-neg": -1
 
 
 def ensemble_pretrain_spec(wildcards):
     """The one training loop on the 'ensemble' task with the 'ensemble' objective;
-    AP+SE's spec leaves out sign and ridge, which do not act at α = 0."""
+    AP+SE's spec leaves out sign and ridge, which do not act at α = 0; the variant
+    ('dpe' or 'dpe-neg') sets AP+DPE's sign."""
     members = ENS["members"]
     objective = {"kind": "ensemble", "alpha": 0.0, "mix": config["pretrain"].get("adv_mix", "clean+adv")}
-    if wildcards.variant == "dpe":
-        objective.update(alpha=ENS["alpha"], sign=ENS["sign"], ridge=ENS["ridge"])
+    if wildcards.variant != "se":
+        objective.update(alpha=ENS["alpha"], sign=ENS_VARIANT_SIGN[wildcards.variant], ridge=ENS["ridge"])
     return _dump({
         **_common_spec(wildcards.seed),
         "task": "ensemble",
@@ -33,12 +36,12 @@ def ensemble_runtime(wildcards, attempt):
 
 
 def table5_inputs(wildcards):
-    srcs = [P.pretrain_id(t, "P3") for t in TASKS] + ["ensemble-se", "ensemble-dpe"]
+    srcs = [P.pretrain_id(t, "P3") for t in TASKS] + ["ensemble-se"] + [P.ensemble_dpe_id(s) for s in ENS_SIGNS]
     jobs = [(src, P.finetune_id(f)) for f in ENS["finetune"] for src in srcs]
     aa = finetune_results("eval/autoattack.json", jobs) if AA else []  # the AutoAttack column
     return finetune_results("test.json", jobs) + finetune_results("meta.json", jobs) + aa
 
 
 def ensemble_report_spec(wildcards=None):
-    return _dump({**json.loads(report_spec()), "ensemble_alpha": ENS["alpha"], "ensemble_sign": ENS["sign"],
+    return _dump({**json.loads(report_spec()), "ensemble_alpha": ENS["alpha"], "ensemble_signs": ENS_SIGNS,
                   "ensemble_finetune": ENS["finetune"]})
