@@ -77,8 +77,9 @@ def result_columns(agg: pd.DataFrame) -> dict:
 def autoattack_note(display: pd.DataFrame, n_examples) -> str:
     if "RA AutoAttack" not in display:
         return ""
-    return (f" RA AutoAttack: APGD-CE, APGD-T, Square (no FAB-T, so an upper bound) at the same ε on "
-            f"{n_examples or 'all'} test images.")
+    return (f" RA AutoAttack: the authors' AutoAttack (pyautoattack: APGD-CE, APGD-T, FAB-T, Square) at the same ε "
+            f"on {n_examples or 'all'} test images; its version and budget, and the in-house cross-check, in the "
+            f"AutoAttack table.")
 
 
 def drop_empty(agg: pd.DataFrame) -> pd.DataFrame:

@@ -5,19 +5,25 @@ evaluates one fine-tuned model (or, with `--model` repeated, the softmax average
 several: Table 6's ensembles) on a seeded subset of the test set, which is the same
 for every model so that models are compared on identical images:
 
-- autoattack:  AutoAttack (standard, L∞, ε = threat.eps; FAB-T left out, see
-  advss.attacks.autoattack) and, on the same images, PGD-k as the reference it must
-  never be weaker than;
-- unforeseen:  Kang et al. 2019's suite at the configured ε (advex-uar units);
+- autoattack:  the authors' AutoAttack (package pyautoattack: APGD-CE, APGD-T, FAB-T,
+  Square; L∞, ε = threat.eps; version "standard", or "custom" = the same four attacks
+  with a smaller budget), the in-house one (advss.attacks.autoattack, no FAB-T) as a
+  cross-check, and PGD-k, all on the same images;
+- unforeseen:  Kang et al. 2019's suite at the configured ε (advex-uar units; Fog,
+  Gabor and Snow have no 32-px calibration: see advss.attacks.unforeseen.UNCALIBRATED);
 - corruptions: CIFAR-10-C accuracy per corruption and severity, from the official
   `.npy` files where the configured directory has them, generated otherwise.
 
 The same module writes the tables and figures built from those files (REGISTRY of
 advss.report): `autoattack`, `unforeseen`, `cifar10c`, `figure3`, `figure4`, and
 `autoattack_column` for other tables' extra RA column.
+
+Every test-set evaluation here runs in fp32 whatever the training precision (no
+autocast, no TF32), and each result file records it as "eval_precision".
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -25,9 +31,10 @@ from pathlib import Path
 from advss import protocol as P
 
 SUITES = ("autoattack", "unforeseen", "corruptions")
-REVISION = 1  # bump after a bug fix in this module: reruns exactly the robustness jobs
+REVISION = 2  # bump after a bug fix in this module: reruns exactly the robustness jobs
 ROTAUX = ("scratch", P.BASELINE_FT)  # Hendrycks et al. 2019: one-shot AT + rotation auxiliary
 SEED_STRIDE = 1000  # corruption noise seed = seed*STRIDE^2 + corruption*STRIDE + severity: distinct per cell
+EVAL_PRECISION = "fp32"  # attacks and accuracies of every suite; recorded in each result file
 
 
 # ------------------------------------------------------------------ CLI
@@ -105,31 +112,56 @@ def _pgd_correct(model, x, y, threat, batch_size, seed):
     return torch.cat(out)
 
 
+def autoattack_settings(aa: dict) -> dict:
+    """version and budget of the `autoattack` config part, checked before any job runs
+    (the smk calls it at parse time): 'standard' must keep the standard budget."""
+    from advss.attacks.autoattack import STANDARD_BUDGET
+    from advss.io import AdvssError
+
+    version = aa.get("version", "standard")
+    budget = {k: int(aa.get(k, v)) for k, v in STANDARD_BUDGET.items()}
+    if version == "standard" and budget != STANDARD_BUDGET:
+        raise AdvssError(f"robustness.autoattack: version 'standard' fixes {STANDARD_BUDGET}, got {budget}; "
+                         "set version: custom for a smaller budget")
+    if version not in ("standard", "custom"):
+        raise AdvssError(f"robustness.autoattack.version must be standard or custom, not {version!r}")
+    return {"version": version, **budget, "inhouse": bool(aa.get("inhouse", True))}
+
+
 def eval_autoattack(model, x, y, x_uint8, spec):
+    """pyautoattack's RA (the primary number), the in-house RA (cross-check) and PGD-k's."""
     from advss.attacks import Threat, parse_number
-    from advss.attacks.autoattack import COMPONENTS, LEFT_OUT, N_TARGET_CLASSES, autoattack
+    from advss.attacks.autoattack import COMPONENTS, LEFT_OUT, autoattack, pyautoattack_eval
     from advss.io import AdvssError
 
     aa, threat = spec["autoattack"], spec["threat"]
     if threat.get("norm", "linf") != "linf":
         raise AdvssError(f"AutoAttack is implemented for L∞ only; threat.norm is {threat['norm']!r}")
-    eps, bs = parse_number(threat["eps"]), int(spec.get("batch_size", 256))
-    out = autoattack(model, x, y, eps=eps, n_iter=int(aa["n_iter"]), seed=int(spec["subset_seed"]),
-                     batch_size=bs, n_queries=int(aa["n_queries"]),
-                     n_target_classes=int(aa.get("n_target_classes", N_TARGET_CLASSES)))
+    cfg = autoattack_settings(aa)
+    budget = {k: cfg[k] for k in ("n_iter", "n_target_classes", "n_queries", "fab_n_iter")}
+    eps, bs, seed = parse_number(threat["eps"]), int(spec.get("batch_size", 256)), int(spec["subset_seed"])
+    primary = pyautoattack_eval(model, x, y, eps, version=cfg["version"], seed=seed, batch_size=bs, **budget)
     ref = Threat(norm="linf", eps=eps, step=parse_number(threat["step"]), steps=int(aa["pgd_steps"]),
                  random_start=bool(threat.get("random_start", True)))
-    clean, pgd_ok = _correct(model, x, y, bs), _pgd_correct(model, x, y, ref, bs, int(spec["subset_seed"]))
-    res = {"ta": clean.float().mean().item(), "ra": out["robust"].float().mean().item(),
+    clean, pgd_ok = _correct(model, x, y, bs), _pgd_correct(model, x, y, ref, bs, seed)
+    res = {"ta": clean.float().mean().item(), "ra": primary["robust"].float().mean().item(),
            "ra_pgd": pgd_ok.float().mean().item(), "pgd_steps": ref.steps, "eps": eps,
-           "per_component": out["per_component"], "components": list(COMPONENTS), "left_out": list(LEFT_OUT),
-           "attack": "autoattack-standard-linf", "n_iter": int(aa["n_iter"]), "n_queries": int(aa["n_queries"]),
-           "n_target_classes": int(aa.get("n_target_classes", N_TARGET_CLASSES))}
-    return res, {"correct_clean": clean, "correct_adv": out["robust"], "correct_pgd": pgd_ok}
+           "attack": f"autoattack-{cfg['version']}-linf", "implementation": primary["package"],
+           "version": cfg["version"], "per_component": primary["per_component"], "components": primary["attacks"],
+           "left_out": [], **budget}
+    arrays = {"correct_clean": clean, "correct_adv": primary["robust"], "correct_pgd": pgd_ok}
+    if cfg["inhouse"]:
+        own = autoattack(model, x, y, eps=eps, n_iter=budget["n_iter"], seed=seed, batch_size=bs,
+                         n_queries=budget["n_queries"], n_target_classes=budget["n_target_classes"])
+        res["ra_inhouse"] = own["robust"].float().mean().item()
+        res["inhouse"] = {"implementation": "advss.attacks.autoattack", "per_component": own["per_component"],
+                          "components": list(COMPONENTS), "left_out": list(LEFT_OUT)}
+        arrays["correct_adv_inhouse"] = own["robust"]
+    return res, arrays
 
 
 def eval_unforeseen(model, x, y, x_uint8, spec):
-    from advss.attacks.unforeseen import ATTACKS
+    from advss.attacks.unforeseen import ATTACKS, CALIBRATIONS, UNCALIBRATED
 
     uf, bs, seed = spec["unforeseen"], int(spec.get("batch_size", 256)), int(spec["subset_seed"])
     clean = _correct(model, x, y, bs)
@@ -142,8 +174,10 @@ def eval_unforeseen(model, x, y, x_uint8, spec):
             ok = _correct(model, _batched(attack, model, x, y, bs, seed), y, bs)
             acc[name][str(eps)] = ok.float().mean().item()  # str: keeps every digit of a calibrated ε
             arrays[f"{name}@{eps}"] = ok
+    calibration = {a: {"calibrated": a not in UNCALIBRATED, **{k: CALIBRATIONS[a][k] for k in ("calibrated_for", "source")}}
+                   for a in acc}
     return {"ta": clean.float().mean().item(), "acc": acc, "n_iter": int(uf["n_iter"]),
-            "step_sizes": uf.get("step_sizes") or {}}, arrays
+            "step_sizes": uf.get("step_sizes") or {}, "calibration": calibration}, arrays
 
 
 def _batched(attack, model, x, y, bs, seed):
@@ -188,6 +222,21 @@ def eval_corruptions(model, x, y, x_uint8, spec):
             "mean": sum(cells) / len(cells)}, arrays
 
 
+@contextlib.contextmanager
+def fp32(dev):
+    """Full fp32 for the evaluation, whatever the caller set: autocast off (bf16 training
+    must not leak into the test-set numbers) and TF32 off for CUDA matmuls and convs."""
+    import torch
+
+    cuda = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.autocast(device_type=getattr(dev, "type", str(dev)), enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = cuda
+
+
 EVALUATORS = {"autoattack": eval_autoattack, "unforeseen": eval_unforeseen, "corruptions": eval_corruptions}
 
 
@@ -203,8 +252,9 @@ def run(suite, spec: dict, data_path, model_paths, out_json, out_npz, device="au
     x_all, y_all = data["test"]
     idx = pick_examples(len(y_all), spec.get("n_examples"), int(spec["subset_seed"]))
     x_uint8, y = x_all[idx.to(dev)], y_all[idx.to(dev)]
-    res, arrays = EVALUATORS[suite](model, D.to_float(x_uint8), y, x_uint8, {**spec, "_idx": idx})
-    res = {"suite": suite, "n": int(len(y)), **res}
+    with fp32(dev):
+        res, arrays = EVALUATORS[suite](model, D.to_float(x_uint8), y, x_uint8, {**spec, "_idx": idx})
+    res = {"suite": suite, "n": int(len(y)), "eval_precision": EVAL_PRECISION, **res}
     save_npz(out_npz, idx=idx.numpy(), y=y.cpu().numpy(),
              **{k: v.cpu().numpy().astype(bool) for k, v in arrays.items()})
     write_json(out_json, {**res, "provenance": provenance(spec, dev, started, model=[str(p) for p in model_paths])})
@@ -270,16 +320,25 @@ def _mean_over_seeds(rows, keys, values):
 
 
 # ------------------------------------------------------------------ tables
+UNCALIBRATED_NOTE = ("† UNCALIBRATED: Fog, Gabor and Snow have no 32-px calibration (Kang et al. calibrated them "
+                     "on 224-px ImageNet-100 only; their ε are used as they are), so their columns are not "
+                     "comparable with the paper's and support no claim.")
+
+
 def _aa_row(label, seed, r):
     stages = {f"after_{k}": 100 * v for k, v in r["per_component"].items() if k != "clean"}
+    inhouse = 100 * r["ra_inhouse"] if "ra_inhouse" in r else float("nan")
     return {"model": label, "seed": seed, "ta": 100 * r["ta"], "ra_pgd": 100 * r["ra_pgd"], "ra_aa": 100 * r["ra"],
-            **stages, "n": r["n"], "pgd_steps": r["pgd_steps"],
-            "budget": f"{r.get('n_iter', '?')} APGD iterations, {r.get('n_target_classes', '?')} APGD-T targets, "
-                      f"{r.get('n_queries', '?')} Square queries"}
+            "ra_aa_inhouse": inhouse, **stages, "n": r["n"], "pgd_steps": r["pgd_steps"],
+            "implementation": r.get("implementation", "advss in-house (before pyautoattack)"),
+            "version": r.get("version", "?"),
+            "budget": f"{r.get('n_iter', '?')} APGD iterations, {r.get('n_target_classes', '?')} APGD-T/FAB-T targets, "
+                      f"{r.get('fab_n_iter', '?')} FAB-T iterations, {r.get('n_queries', '?')} Square queries"}
 
 
 def autoattack_table(spec: dict, prefix):
-    """Clean / PGD-k / AutoAttack accuracy on the same test subset, per model."""
+    """Clean / PGD-k / AutoAttack (pyautoattack, and the in-house cross-check) accuracy on
+    the same test subset, per model."""
     import pandas as pd
 
     from advss.io import read_json
@@ -291,17 +350,19 @@ def autoattack_table(spec: dict, prefix):
                      read_json(ensemble_path(spec["run_dir"], members, seed)))
              for members in spec.get("ensembles", []) for seed in spec["seeds"]]
     stages = [c for c in rows[0] if c.startswith("after_")]
-    agg = _mean_over_seeds(rows, ["model"], ["ta", "ra_pgd", "ra_aa", *stages])
-    k, n, budget = rows[0]["pgd_steps"], rows[0]["n"], rows[0]["budget"]
+    agg = _mean_over_seeds(rows, ["model"], ["ta", "ra_pgd", "ra_aa", "ra_aa_inhouse", *stages])
+    k, n, budget, impl, version = (rows[0][c] for c in ("pgd_steps", "n", "budget", "implementation", "version"))
     display = pd.DataFrame({"Model": agg["model"],
                             "TA": [fmt(m, s) for m, s in zip(agg["ta"], agg["ta_std"])],
                             f"RA PGD-{k}": [fmt(m, s) for m, s in zip(agg["ra_pgd"], agg["ra_pgd_std"])],
                             "RA AutoAttack": [fmt(m, s) for m, s in zip(agg["ra_aa"], agg["ra_aa_std"])],
+                            "RA in-house AA": [fmt(m, s) for m, s in zip(agg["ra_aa_inhouse"], agg["ra_aa_inhouse_std"])],
                             **{f"after {c[6:]}": [fmt(v) for v in agg[c]] for c in stages}})
-    caption = (f"AutoAttack ({spec['run']}): accuracy (%) on the same {n} test images (seeded subset) "
-               f"clean, under PGD-{k} and under AutoAttack (standard, L∞, ε = {spec['eps']}; APGD-CE → APGD-T → "
-               f"Square, FAB-T left out, so an upper bound of full AutoAttack; {budget}; the standard version: 100, 9, 5000), "
-               f"and after each stage. "
+    caption = (f"AutoAttack ({spec['run']}): accuracy (%) on the same {n} test images (seeded subset) clean, "
+               f"under PGD-{k}, under AutoAttack ({impl}, the authors' code; version '{version}', L∞, "
+               f"ε = {spec['eps']}; APGD-CE → APGD-T → FAB-T → Square; {budget}; the standard version: 100, 9, "
+               f"100, 5000) and after each of its stages; 'RA in-house AA' is advss's own implementation on the same "
+               f"images as a cross-check (no FAB-T, so an upper bound; '–' where it did not run). "
                f"config {spec['config_hash']}")
     write_table(display, agg, prefix, caption)
     return agg
@@ -319,10 +380,12 @@ def unforeseen_table(spec: dict, prefix):
         rows.append({"model": model_label(src, ft), "attack": "clean", "eps": "", "seed": seed, "acc": 100 * r["ta"]})
         rows += [{"model": model_label(src, ft), "attack": a, "eps": e, "seed": seed, "acc": 100 * v}
                  for a, per in r["acc"].items() for e, v in per.items()]
-    from advss.attacks.unforeseen import ATTACKS
+    from advss.attacks.unforeseen import ATTACKS, UNCALIBRATED_MARK, label
 
     rank = {a: i for i, a in enumerate(["clean", *ATTACKS])}  # the suite's order (JSON keys come sorted)
     rows.sort(key=lambda r: (rank[r["attack"]], float(r["eps"] or 0)))
+    for r in rows:
+        r["attack"] = label(r["attack"])  # uncalibrated attacks carry their mark in every cell that names them
     agg = _mean_over_seeds(rows, ["attack", "eps", "model"], ["acc"])
     wide = _wide(agg, ["attack", "eps"], "model").reset_index()
     display = wide.copy()
@@ -330,8 +393,8 @@ def unforeseen_table(spec: dict, prefix):
         display[c] = [fmt(v) for v in wide[c]]
     display.columns = ["Attack", "ε", *wide.columns[2:]]
     caption = (f"Unforeseen attacks ({spec['run']}, Kang et al. 2019): accuracy (%) on {'/'.join(map(str, sorted(n)))} "
-               f"test images, ε in advex-uar units (CIFAR-10 calibration; Fog, Gabor and Snow have only an "
-               f"ImageNet-100 one). config {spec['config_hash']}")
+               f"test images, ε in advex-uar units (Kang et al.'s CIFAR-10 calibration). {UNCALIBRATED_NOTE} "
+               f"config {spec['config_hash']}")
     write_table(display, agg, prefix, caption)
     return agg
 
@@ -400,7 +463,10 @@ def plot_unforeseen(accs: dict, title: str, prefix):
 
     from advss.report import save_figure
 
+    from advss.attacks.unforeseen import UNCALIBRATED, label
+
     attacks = [a for a in next(iter(accs.values())) if a != "clean"]
+    names = [label(a) for a in attacks]  # uncalibrated attacks carry their mark on both panels
     fig = plt.figure(figsize=(11, 4.5))
     radar = fig.add_subplot(1, 2, 1, projection="polar")
     bars = fig.add_subplot(1, 2, 2)
@@ -413,15 +479,20 @@ def plot_unforeseen(accs: dict, title: str, prefix):
         radar.fill(np.r_[angles, angles[:1]], vals + vals[:1], color=color, alpha=0.1)
         bars.bar(np.arange(len(attacks)) + (i - (len(accs) - 1) / 2) * width, vals, width, color=color, label=label)
     radar.set_xticks(angles)
-    radar.set_xticklabels(attacks, fontsize=7)
+    radar.set_xticklabels(names, fontsize=7)
     radar.set_ylim(0, 100)
     radar.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08))  # below the radar, clear of the title
     bars.set_xticks(np.arange(len(attacks)))
-    bars.set_xticklabels(attacks, rotation=45, ha="right", fontsize=7)
+    bars.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+    for tick, a in zip(bars.get_xticklabels(), attacks):
+        if a in UNCALIBRATED:
+            tick.set_color("grey")
     bars.set_ylabel("accuracy (%), mean over the ε of each attack")
     bars.set_ylim(0, 100)
     bars.grid(axis="y", alpha=0.3)
     fig.suptitle(title, fontsize=10)
+    if UNCALIBRATED & set(attacks):
+        fig.text(0.5, -0.02, UNCALIBRATED_NOTE, ha="center", va="top", fontsize=7, wrap=True)
     save_figure(fig, prefix)
     plt.close(fig)
 

@@ -114,3 +114,48 @@ def test_subset_and_bad_components():
     assert out["x_adv"].shape == (6, 3, 32, 32) and out["robust"].shape == (6,)
     with pytest.raises(ValueError, match="fab-t"):
         autoattack(model, x, y, components=("fab-t",))
+
+
+# ------------------------------------------------------------------ the authors' code (pyautoattack)
+def test_pyautoattack_runs_all_four_standard_attacks_and_beats_pgd20():
+    """The primary number: fra31's code, FAB-T included, stages in the standard order,
+    robust flags that agree with the stages, and never weaker than PGD-20 here."""
+    from advss.attacks.autoattack import STANDARD_ATTACKS, pyautoattack_eval
+
+    model = tiny_model()
+    x, y = synthetic_data(48, seed=2)
+    eps = 1.5 / 255  # PGD-20 leaves points robust: the comparison is informative
+    out = pyautoattack_eval(model, x, y, eps, version="custom", n_iter=10, n_target_classes=3, n_queries=30,
+                            fab_n_iter=3)
+    assert out["attacks"] == list(STANDARD_ATTACKS) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert list(out["per_component"]) == ["clean", *STANDARD_ATTACKS]
+    assert out["package"].startswith("pyautoattack ")
+    stages = list(out["per_component"].values())
+    assert stages == sorted(stages, reverse=True) and stages[0] == pytest.approx(accuracy(model, x, y))
+    assert out["robust"].float().mean().item() == pytest.approx(stages[-1])
+    pgd_acc = accuracy(model, pgd_linf(model, x, y, eps), y)
+    assert 0 < pgd_acc < 1 and out["robust"].float().mean().item() <= pgd_acc
+
+
+def test_pyautoattack_standard_keeps_its_budget():
+    from advss.attacks.autoattack import STANDARD_BUDGET, pyautoattack_eval
+
+    assert STANDARD_BUDGET == {"n_iter": 100, "n_target_classes": 9, "n_queries": 5000, "fab_n_iter": 100}
+    x, y = synthetic_data(2, seed=0)
+    with pytest.raises(ValueError, match="custom"):
+        pyautoattack_eval(tiny_model(), x, y, 8 / 255, version="standard", n_iter=10)
+    with pytest.raises(ValueError, match="version"):
+        pyautoattack_eval(tiny_model(), x, y, 8 / 255, version="plus")
+
+
+def test_installed_pyautoattack_is_the_authors_code():
+    """The package's standard version is fra31/auto-attack's (read from its source):
+    APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5000 queries, p_init 0.8)."""
+    from pyautoattack import AutoAttack
+
+    aa = AutoAttack(tiny_model(), norm="Linf", eps=8 / 255, version="standard", device="cpu")
+    assert aa.attacks_to_run == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert (aa.apgd.n_restarts, aa.apgd.n_iter, aa.apgd.thr_decr) == (1, 100, 0.75)
+    assert (aa.apgd_targeted.n_target_classes, aa.apgd_targeted.n_iter) == (9, 100)
+    assert (aa.fab.n_target_classes, aa.fab.n_restarts, aa.fab.n_iter) == (9, 1, 100)
+    assert (aa.square.n_queries, aa.square.p_init, aa.square.rescale_schedule) == (5000, 0.8, False)

@@ -26,7 +26,8 @@ def test_pick_examples_is_a_seeded_sorted_subset():
 
 def aa_spec(eps, n_iter=10):
     return {"threat": {"norm": "linf", "eps": eps, "step": eps / 4, "random_start": True}, "subset_seed": 0,
-            "autoattack": {"n_iter": n_iter, "n_queries": 50, "pgd_steps": 20}, "batch_size": 64}
+            "autoattack": {"version": "custom", "n_iter": n_iter, "n_queries": 50, "n_target_classes": 3,
+                           "fab_n_iter": 3, "pgd_steps": 20}, "batch_size": 64}
 
 
 @pytest.mark.parametrize("eps", [1.5 / 255, 8 / 255])
@@ -37,8 +38,11 @@ def test_autoattack_never_weaker_than_pgd20_on_the_same_images(eps):
     x, y = synthetic_data(48, seed=21)
     res, arrays = R.eval_autoattack(model, x, y, None, aa_spec(eps))
     assert res["ta"] == pytest.approx(accuracy(model, x, y)) and res["ta"] >= 0.9
-    assert res["ra"] <= res["ra_pgd"]
+    assert res["ra"] <= res["ra_pgd"] and res["ra_inhouse"] <= res["ra_pgd"]
     assert arrays["correct_adv"].sum() <= arrays["correct_pgd"].sum()
+    assert res["implementation"].startswith("pyautoattack") and res["components"][2] == "fab-t"  # the primary RA
+    assert res["ra_inhouse"] == pytest.approx(arrays["correct_adv_inhouse"].float().mean().item())
+    assert res["inhouse"]["left_out"] == ["fab-t"]
     assert not (arrays["correct_adv"] & ~arrays["correct_clean"]).any()  # a wrong clean point is never robust
     stages = [res["per_component"][k] for k in ("clean", *res["components"])]
     assert stages == sorted(stages, reverse=True)
@@ -46,6 +50,38 @@ def test_autoattack_never_weaker_than_pgd20_on_the_same_images(eps):
         assert res["ra"] <= 0.05
     else:
         assert 0 < res["ra_pgd"] < 1
+
+
+def test_autoattack_settings_refuse_a_cut_standard_version():
+    """'standard' means the standard budget: a smaller one must say version: custom (checked at parse time)."""
+    assert R.autoattack_settings({"enabled": True})["version"] == "standard"
+    assert R.autoattack_settings({"version": "custom", "n_iter": 5})["n_iter"] == 5
+    with pytest.raises(AdvssError, match="custom"):
+        R.autoattack_settings({"version": "standard", "n_iter": 20})
+    with pytest.raises(AdvssError, match="custom"):
+        R.eval_autoattack(tiny_model(), *synthetic_data(4, seed=0), None, {**aa_spec(8 / 255), "autoattack": {
+            "n_iter": 20, "pgd_steps": 20}})
+
+
+def test_evaluation_is_fp32_under_a_bf16_caller(tiny_data, trained_model, tmp_path, monkeypatch):
+    """bf16 autocast left on by a caller (or a bf16-trained run) must not reach the test-set
+    numbers; every result file says so."""
+    seen = []
+    load = R.load_model
+
+    def recording(*a, **k):
+        model = load(*a, **k)
+        model.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        return model
+
+    monkeypatch.setattr(R, "load_model", recording)
+    spec = {"model": TINY_MODEL, "seed": 0, "subset_seed": 0, "n_examples": 4, "batch_size": 4,
+            **SUITE_SPECS["unforeseen"]}
+    out = tmp_path / "unforeseen.json"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        R.run("unforeseen", spec, tiny_data, [trained_model], out, out.with_suffix(".npz"), "cpu")
+    assert seen and set(seen) == {torch.float32}
+    assert json.loads(out.read_text())["eval_precision"] == "fp32"
 
 
 def test_autoattack_refuses_l2():
@@ -83,7 +119,8 @@ def trained_model(tiny_data, tmp_path_factory):
 
 
 SUITE_SPECS = {
-    "autoattack": {"autoattack": {"n_iter": 3, "n_queries": 10, "pgd_steps": 20}},
+    "autoattack": {"autoattack": {"version": "custom", "n_iter": 3, "n_queries": 10, "n_target_classes": 2,
+                                  "fab_n_iter": 2, "pgd_steps": 20}},
     "unforeseen": {"unforeseen": {"n_iter": 2, "attacks": {"pgd_linf": [8], "elastic": [0.5, 2]},
                                   "step_sizes": {"elastic": 0.3}}},
     "corruptions": {"corruptions": {"root": None, "severities": [1, 5], "corruptions": ["fog", "contrast"]}},
@@ -101,12 +138,15 @@ def test_cli_writes_json_and_per_example_npz(suite, tiny_data, trained_model, tm
           "--out-json", str(out), "--out-npz", str(out.with_suffix(".npz"))])
     res, npz = json.loads(out.read_text()), load_npz(out.with_suffix(".npz"))
     assert res["suite"] == suite and res["n"] == 16 and res["provenance"]["spec_hash"]
+    assert res["eval_precision"] == "fp32"
     assert np.array_equal(npz["idx"], R.pick_examples(100, 16, 0).numpy())
     assert res["ta"] == pytest.approx(npz["correct_clean"].mean())
     if suite == "autoattack":
         assert res["ra"] == pytest.approx(npz["correct_adv"].mean()) and res["ra"] <= res["ra_pgd"]
+        assert res["ra_inhouse"] == pytest.approx(npz["correct_adv_inhouse"].mean())
     elif suite == "unforeseen":
         assert set(res["acc"]) == {"pgd_linf", "elastic"} and set(res["acc"]["elastic"]) == {"0.5", "2"}
+        assert res["calibration"]["elastic"]["calibrated"] and "advex-uar" in res["calibration"]["elastic"]["source"]
         assert res["acc"]["elastic"]["2"] == pytest.approx(npz["elastic@2"].mean())
     else:
         assert res["source"] == {"fog": "generated", "contrast": "generated"}
@@ -160,7 +200,7 @@ def fake_results(run_dir):
                                        "acc": {"fog": {"1": 0.8, "5": 0.4}, "snow": {"1": 0.6, "5": 0.2}}})
     ens = R.ensemble_path(run_dir, ["rotation", "jigsaw"], 0)
     ens.parent.mkdir(parents=True)
-    ens.write_text(json.dumps({"ta": 0.85, "ra": 0.25, "ra_pgd": 0.3, "pgd_steps": 20, "n": 100,
+    ens.write_text(json.dumps({"ta": 0.85, "ra": 0.25, "ra_pgd": 0.3, "pgd_steps": 20, "n": 100, "ra_inhouse": 0.275,
                                "per_component": {"clean": 0.85, "apgd-ce": 0.3, "square": 0.25}}))
 
 
@@ -180,11 +220,14 @@ def test_tables_and_figures_from_result_files(tmp_path):
     assert list(aa["model"]) == ["(P1,F3)", "(P1,F4)", "Ensemble Jigsaw+Rotation"]
     assert list(aa["ra_aa"]) == pytest.approx([0, 10, 25]) and list(aa["ra_pgd"]) == pytest.approx([0, 20, 30])
     assert "RA AutoAttack" in (out / "autoattack.md").read_text()
+    assert list(aa["ra_aa_inhouse"].fillna(-1)) == pytest.approx([-1, -1, 27.5])  # the cross-check beside it
+    assert "| RA in-house AA |" in (out / "autoattack.md").read_text()
 
     uf = R.unforeseen_table(spec, out / "unforeseen")
     assert len(uf) == 4 * 4  # (clean + 3 attack/ε cells) × 4 models
     md = (out / "unforeseen.md").read_text()
     assert "One-shot AT + rotation aux." in md and "(P3,F4) Rotation" in md
+    assert "| snow† |" in md and "| pgd_linf |" in md and "UNCALIBRATED" in md  # ImageNet-100 ε, marked
 
     R.cifar10c_table(spec, out / "cifar10c")
     c = pd.read_csv(out / "cifar10c.csv", dtype={"severity": str})
@@ -241,3 +284,15 @@ def test_schema_refuses_bad_sections(mutate, needle):
     mutate(section)
     with pytest.raises(WorkflowError, match=needle):
         validate(section, ROOT / "workflow/schemas/robustness.schema.yaml")
+
+
+def test_figures_mark_the_uncalibrated_attacks(monkeypatch, tmp_path):
+    import advss.report
+
+    saved = []
+    monkeypatch.setattr(advss.report, "save_figure", lambda fig, prefix: saved.append(fig))
+    R.plot_unforeseen({"m": {"clean": 90, "pgd_linf": 50, "fog": 40, "snow": 30}}, "t", tmp_path / "f")
+    fig = saved[0]
+    ticks = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels()]
+    assert {"fog†", "snow†", "pgd_linf"} <= set(ticks) and "fog" not in ticks
+    assert any("UNCALIBRATED" in t.get_text() for t in fig.texts)

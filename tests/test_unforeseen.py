@@ -94,3 +94,15 @@ def test_jpeg_roundtrip_is_identity_on_gray_images():
     """No offset, no chroma: JPEG without rounding must give the image back (DCT/table layout check)."""
     g = torch.rand(2, 1, 32, 32).expand(2, 3, 32, 32)
     assert torch.allclose(jpeg_roundtrip(g, torch.zeros(2, 1536)), g, atol=1e-4)
+
+
+def test_every_attack_has_a_calibration_with_its_source():
+    """Fog, Gabor and Snow have only 224-px ImageNet-100 ε: flagged, not passed off as CIFAR-10's."""
+    from advss.attacks.unforeseen import ADVEX_UAR_COMMIT, CALIBRATIONS, UNCALIBRATED, label
+
+    assert set(CALIBRATIONS) == set(ATTACKS) and len(ATTACKS) == 10  # advex-uar's ten attacks
+    assert UNCALIBRATED == {"fog", "gabor", "snow"}
+    for name, cal in CALIBRATIONS.items():
+        assert len(cal["eps"]) == 6 and ADVEX_UAR_COMMIT in cal["source"]
+        assert ("imagenet-100" in cal["source"]) == (name in UNCALIBRATED)
+        assert label(name).endswith("†") == (name in UNCALIBRATED)

@@ -27,6 +27,11 @@ on points still robust after the previous ones. Here:
   that is usually equal to the full AutoAttack one. See `LEFT_OUT`.
 
 Randomness comes only from a `torch.Generator` seeded from `seed`.
+
+This in-house version is the cross-check. The primary number comes from the
+authors' own code, `pyautoattack` on PyPI (fra31/auto-attack repackaged:
+same attack files, a keyword-only API and `logging`), through
+`pyautoattack_eval` below, which runs all four attacks, FAB-T included.
 """
 from __future__ import annotations
 
@@ -43,6 +48,8 @@ MOMENTUM = 0.75  # alpha in the APGD update (paper, Eq. 3)
 N_TARGET_CLASSES = 9  # APGD-T targets in the standard version
 SQUARE_QUERIES = 5000  # Square budget in the standard version
 SQUARE_P_INIT = 0.8  # initial fraction of pixels per square (standard version)
+STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")  # the standard version, in its order
+STANDARD_BUDGET = {"n_iter": 100, "n_target_classes": 9, "n_queries": 5000, "fab_n_iter": 100}
 
 
 @contextlib.contextmanager
@@ -240,3 +247,71 @@ def autoattack(model, x, y, eps=8 / 255, n_iter=100, version="standard", seed=0,
                 x_adv[b[fooled]], robust[b[fooled]] = adv[fooled], False
             per_component[name] = robust.float().mean().item()
     return dict(x_adv=x_adv, robust=robust, per_component=per_component, x=x, y=y)
+
+
+def pyautoattack_eval(model, x, y, eps, version="standard", n_iter=100, n_target_classes=9, n_queries=5000,
+                      fab_n_iter=100, seed=0, batch_size=256):
+    """The authors' AutoAttack (package `pyautoattack`), L-inf, on (x, y).
+
+    version "standard": the package's own standard version (APGD-CE, APGD-T,
+    FAB-T, Square with STANDARD_BUDGET); the budget arguments must then be the
+    standard ones. version "custom": the same four attacks in the same order,
+    one restart each as in "standard", with the given smaller budget (a cheap
+    CPU demo). Returns dict(robust, per_component {"clean": acc, attack: robust
+    accuracy after it}, attacks, budget, version, package).
+    """
+    import pyautoattack
+    from pyautoattack import AutoAttack
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+    from pyautoattack.fab_pt import FABAttack_PT
+    from pyautoattack.square import SquareAttack
+
+    budget = {"n_iter": int(n_iter), "n_target_classes": int(n_target_classes), "n_queries": int(n_queries),
+              "fab_n_iter": int(fab_n_iter)}
+    if version == "standard" and budget != STANDARD_BUDGET:
+        raise ValueError(f"AutoAttack version 'standard' fixes its budget {STANDARD_BUDGET}, got {budget}; "
+                         "use version 'custom' for a smaller one")
+    if version not in ("standard", "custom"):
+        raise ValueError(f"AutoAttack version must be 'standard' or 'custom', got {version!r}")
+    x, y = x.detach().float(), y.to(x.device)
+    dev = x.device
+    with eval_mode(model):
+        if version == "standard":
+            aa = AutoAttack(model, norm="Linf", eps=eps, seed=int(seed), version="standard", device=dev)
+        else:  # fresh attack objects: APGD derives its step-size checkpoints from n_iter when built
+            aa = AutoAttack(model, norm="Linf", eps=eps, seed=int(seed), version="custom",
+                            attacks=list(STANDARD_ATTACKS), device=dev)
+            common = dict(eps=eps, norm="Linf", seed=int(seed), device=dev)
+            aa.apgd = APGDAttack(model, n_iter=budget["n_iter"], n_restarts=1, rho=RHO, **common)
+            aa.apgd_targeted = APGDAttack_targeted(model, n_iter=budget["n_iter"], n_restarts=1, rho=RHO,
+                                                   n_target_classes=budget["n_target_classes"], **common)
+            aa.fab = FABAttack_PT(model, n_iter=budget["fab_n_iter"], n_restarts=1,
+                                  n_target_classes=budget["n_target_classes"], **common)
+            aa.square = SquareAttack(model, n_queries=budget["n_queries"], p_init=SQUARE_P_INIT, n_restarts=1,
+                                     resc_schedule=False, **common)
+        if list(aa.attacks_to_run) != list(STANDARD_ATTACKS):
+            raise RuntimeError(f"pyautoattack {pyautoattack.__version__} runs {aa.attacks_to_run}, "
+                               f"not the standard {STANDARD_ATTACKS}")
+        fooled = {}  # per attack: how many points it fooled (the package re-checks exactly these)
+        for name, atk in (("apgd-ce", aa.apgd), ("apgd-t", aa.apgd_targeted), ("fab-t", aa.fab),
+                          ("square", aa.square)):
+            atk.perturb = _counting(atk.perturb, model, name, fooled)
+        _, y_adv = aa.run_standard_evaluation(x, y, batch_size=int(batch_size))
+        robust = y_adv.to(y.device) == y
+        n_robust = int((_predict(model, x, batch_size) == y).sum())
+        per_component = {"clean": n_robust / len(y)}
+        for name in STANDARD_ATTACKS:
+            n_robust -= fooled.get(name, 0)
+            per_component[name] = n_robust / len(y)
+    return dict(robust=robust, per_component=per_component, attacks=list(STANDARD_ATTACKS), budget=budget,
+                version=version, package=f"pyautoattack {pyautoattack.__version__}")
+
+
+def _counting(perturb, model, name, fooled):
+    """Wrap an attack's perturb to count the points it fools (the package logs, but does not return, stages)."""
+    def run(x, y, *args, **kwargs):
+        adv = perturb(x, y, *args, **kwargs)
+        with torch.no_grad():
+            fooled[name] = fooled.get(name, 0) + int((model(adv).argmax(1) != y).sum())
+        return adv
+    return run

@@ -1,6 +1,23 @@
 """The unforeseen-adversary suite of Kang et al. 2019 ("Testing robustness
 against unforeseen adversaries", arXiv:1908.08016, code `ddkang/advex-uar`).
 
+Ten attacks, because advex-uar has ten (its README and `--attack` choices:
+pgd_linf, pgd_l2, fw_l1, jpeg_linf, jpeg_l2, jpeg_l1, elastic, fog, gabor,
+snow). The "12 attacks" of our design notes could not be traced to any version
+of advex-uar or its README that we could read, so we do not guess two more.
+
+Calibration (`CALIBRATIONS`, each with its source): Kang et al. pick six eps
+per attack by adversarially training models against the attack at many eps,
+measuring ATA(attack, eps) (the best adversarial accuracy of those models) and
+matching those values to the L-inf ATA at eps = 1..32 by linear assignment
+(`advex_uar/analysis/calibrate_eps.py`, `--resol 32` for CIFAR-10). For 32-px
+images they did this for seven attacks only. Fog, Gabor and Snow were calibrated
+on ImageNet-100 (224 px) and have no 32-px calibration: at those eps Fog 8192
+turns a 32-px image into fog and one 13-px snow flake covers much of it.
+Calibrating them ourselves needs adversarial training of CIFAR-10 ResNets at a
+grid of eps per attack (GPU-days), which we did not have, so they stay
+UNCALIBRATED: reports mark their columns and leave them out of any claim.
+
 Written from the paper and read against advex-uar's `advex_uar/attacks/*.py`;
 no code copied. Every attack optimises a few perturbation variables by
 maximising the cross-entropy of the model on the rendered image, exactly as
@@ -44,6 +61,7 @@ import torch.nn.functional as F
 
 from advss.attacks.autoattack import eval_mode, make_generator
 
+ADVEX_UAR_COMMIT = "576df2a8d864c335ada73f0495006bce498e6f9c"  # ddkang/advex-uar, the files read
 # Calibrated eps from advex-uar `advex_uar/analysis/calibrations/cifar-10/calibs.out`
 # (each entry there is [attack, eps, 200 iterations, step size]). That file has no
 # CIFAR-10 calibration for Fog, Gabor or Snow: Kang et al. calibrate those on
@@ -65,6 +83,23 @@ IMAGENET100_CALIBRATION = {
     "snow": [0.0625, 0.125, 0.25, 2, 4, 8],
     "gabor": [6.25, 12.5, 25, 400, 800, 1600],
 }
+CALIBRATIONS = {  # attack -> eps list and where it comes from
+    **{a: {"eps": e, "calibrated_for": "cifar-10 (32 px)",
+           "source": f"ddkang/advex-uar@{ADVEX_UAR_COMMIT}:advex_uar/analysis/calibrations/cifar-10/calibs.out"}
+       for a, e in CIFAR10_CALIBRATION.items()},
+    **{a: {"eps": e, "calibrated_for": "imagenet-100 (224 px) only: UNCALIBRATED for 32 px",
+           "source": f"ddkang/advex-uar@{ADVEX_UAR_COMMIT}:advex_uar/analysis/calibrations/imagenet-100/calibs.out"}
+       for a, e in IMAGENET100_CALIBRATION.items()},
+}
+UNCALIBRATED = frozenset(IMAGENET100_CALIBRATION)  # no 32-px calibration: marked in tables/figures, no claims
+UNCALIBRATED_MARK = "†"
+
+
+def label(attack: str) -> str:
+    """The attack's name as reports show it: uncalibrated ones carry UNCALIBRATED_MARK."""
+    return attack + UNCALIBRATED_MARK if attack in UNCALIBRATED else attack
+
+
 FIXED_STEP = 0.002236  # Fog/Snow/Gabor step on their variables (ImageNet-100 calibs.out)
 PIXEL = 255.0  # advex-uar's pixel scale
 N_ITER = 200  # iterations used for every calibration in advex-uar

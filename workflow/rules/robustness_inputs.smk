@@ -2,6 +2,7 @@
 import sys
 
 from advss import robustness as R
+from advss.io import AdvssError
 
 if validate_section("robustness", "../schemas/robustness.schema.yaml"):
     ROBUSTNESS = config["robustness"]
@@ -16,6 +17,11 @@ def robustness_part(name):
 
 
 AA = robustness_part("autoattack")
+if AA:
+    try:
+        R.autoattack_settings(AA)  # 'standard' with a non-standard budget: refuse before any job
+    except AdvssError as e:
+        raise WorkflowError(f"invalid config ({_config_files()}): {e}") from None
 UF = robustness_part("unforeseen")
 CC = robustness_part("corruptions")
 # Figure 3 compares with the one-shot AT + rotation-auxiliary baseline, which exists
