@@ -15,7 +15,8 @@ so the attacker (PGD on the M inputs jointly, one perturbation each) ascends
 minimise the pretext loss (clean+adv mean, as single-task P3) + sign·α·g at that δ,
 with g taken with `create_graph` so that it trains the weights.
 
-`sign` (config key `ensemble.sign`):
+`sign` (set per pretraining by the config key `ensemble.signs`: `ensemble-dpe` = +1,
+`ensemble-dpe-neg` = −1; Table 5 reports both):
   +1  eq. (3) as written and the reference code: the weights minimise the same
       +α·g that the attacker maximises. Since g ≤ 0 with 0 at orthogonal gradients,
       this pulls the members' input gradients towards each other.
@@ -39,11 +40,18 @@ def log_det_diversity(grads: torch.Tensor, ridge: float = RIDGE) -> torch.Tensor
     """g per example from N×M×… input gradients: log det(GᵀG + ridge·I) of the
     L2-normalised, flattened columns. 0 (up to the ridge) for orthogonal gradients,
     about (M−1)·log(ridge) for parallel ones."""
-    g = grads.flatten(2)
-    g = g / (g.norm(dim=2, keepdim=True) + NORM_EPS)
-    gram = g @ g.transpose(1, 2)
-    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    return torch.logdet(gram + ridge * eye)
+    # Decided here, whatever the loop's precision: float64 outside autocast. bf16 cannot
+    # hold the 1e-5 ridge next to 1 (its resolution there is ~0.008), torch.logdet
+    # refuses bf16, and the M×M Gram of N examples costs nothing in float64. Cholesky
+    # (the matrix is SPD) rather than logdet: `cholesky_ex` checks nothing on the
+    # host, so a CUDA graph can hold it.
+    with torch.autocast(grads.device.type, enabled=False):
+        g = grads.flatten(2).double()
+        g = g / (g.norm(dim=2, keepdim=True) + NORM_EPS)
+        gram = g @ g.transpose(1, 2)
+        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+        chol, _ = torch.linalg.cholesky_ex(gram + ridge * eye)
+        return (2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)).float()
 
 
 def member_losses_and_diversity(model, task, x, targets, ridge: float = RIDGE):

@@ -60,20 +60,20 @@ def run(spec, data_path, model_paths, out_json, out_npz, device="auto"):
     dev = pick_device(device)
     set_deterministic(spec.get("deterministic", False))
     data = D.load(data_path, dev)
-    members, task, bf16 = [], None, False
+    members, task = [], None
     for path in model_paths:
         m, task = load_classifier(path, spec["model"], data["num_classes"], dev)
-        m, bf16 = prepare_model(m, spec, dev)
-        members.append(m)
+        members.append(prepare_model(m, spec, dev))
     model = softmax_average(members).to(dev).eval()
     x, y = test_split(data, spec.get("n_examples"))
     threat = Threat.from_cfg(spec["threat"], "eval_steps")
-    ev = evaluate(model, task, x, y, threat, int(spec.get("batch_size", 256)), int(spec.get("seed", 0)), bf16)
+    ev = evaluate(model, task, x, y, threat, int(spec.get("batch_size", 256)), int(spec.get("seed", 0)))  # fp32
     save_npz(out_npz, y=y.cpu().numpy(), correct_clean=ev["clean"].numpy().astype(bool),
              correct_adv=ev["adv"].numpy().astype(bool), pred_clean=ev["pred_clean"].numpy(),
              pred_adv=ev["pred_adv"].numpy())
     res = {"members": spec.get("members"), "ta": float(ev["clean"].mean()), "ra": float(ev["adv"].mean()),
-           "n": int(len(y)), "attack": f"pgd{threat.steps}-{threat.norm} on the averaged softmax"}
+           "n": int(len(y)), "attack": f"pgd{threat.steps}-{threat.norm} on the averaged softmax",
+           "eval_precision": "fp32"}
     write_json(out_json, {**res, "provenance": provenance(spec, dev, started, models=[str(p) for p in model_paths])})
     return res
 

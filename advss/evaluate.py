@@ -35,14 +35,15 @@ def run(spec: dict, data_path, model_path, out_json, out_npz, device="auto"):
     model, task = load_classifier(model_path, spec["model"], data["num_classes"], dev)
     x, y = test_split(data, spec.get("n_examples"))
     threat = Threat.from_cfg(spec["threat"], "eval_steps")
-    fast = fast_settings(spec, dev)
-    model = apply_fast(model, dev, fast)
-    ev = evaluate(model, task, x, y, threat, int(spec.get("batch_size", 256)), int(spec.get("seed", 0)), fast["bf16"])
+    model = apply_fast(model, dev, fast_settings(spec, dev))
+    # fp32 whatever the training precision: the reported TA/RA (and model selection's
+    # counterpart, the test numbers) must not depend on a speed setting
+    ev = evaluate(model, task, x, y, threat, int(spec.get("batch_size", 256)), int(spec.get("seed", 0)), bf16=False)
     save_npz(out_npz, y=y.cpu().numpy(), correct_clean=ev["clean"].numpy().astype(bool),
              correct_adv=ev["adv"].numpy().astype(bool), pred_clean=ev["pred_clean"].numpy(),
              pred_adv=ev["pred_adv"].numpy())
     res = {"ta": float(ev["clean"].mean()), "ra": float(ev["adv"].mean()), "n": int(len(y)),
-           "attack": f"pgd{threat.steps}-{threat.norm}", "eps": threat.eps}
+           "attack": f"pgd{threat.steps}-{threat.norm}", "eps": threat.eps, "eval_precision": "fp32"}
     write_json(out_json, {**res, "provenance": provenance(spec, dev, started, model=str(model_path))})
     return res
 

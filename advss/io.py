@@ -151,25 +151,43 @@ def pick_device(pref: str = "auto") -> torch.device:
 _GPU_LOCK = None
 
 
-def _claim_gpu() -> int:
-    """Pick a GPU no other advss job on this host holds (Snakemake's local
-    `--resources gpu=K` only counts jobs; it does not assign devices)."""
+def gpu_slots() -> int:
+    """Jobs one GPU takes at once ($ADVSS_JOBS_PER_GPU, default 1). At batch 128 one
+    ResNet-50 job leaves an H100 mostly idle; with K slots, run Snakemake with
+    `--resources gpu=K·N` on N GPUs."""
+    raw = os.environ.get("ADVSS_JOBS_PER_GPU", "1")
+    try:
+        k = int(raw)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise AdvssError(f"ADVSS_JOBS_PER_GPU must be a positive integer, not {raw!r}")
+    return k
+
+
+def _claim_gpu(n: int | None = None) -> int:
+    """Pick a GPU slot no other advss job on this host holds (Snakemake's local
+    `--resources gpu=K` only counts jobs; it does not assign devices). Slots are
+    filled GPU by GPU in round-robin order, so K jobs on N GPUs spread out first."""
     global _GPU_LOCK
-    n = torch.cuda.device_count()
-    if n <= 1 or os.environ.get("SLURM_JOB_ID"):
+    n = torch.cuda.device_count() if n is None else n
+    k = gpu_slots()
+    if (n <= 1 and k == 1) or os.environ.get("SLURM_JOB_ID"):
         return 0  # the scheduler already restricted CUDA_VISIBLE_DEVICES
     lock_dir = Path(os.environ.get("ADVSS_GPU_LOCK_DIR", tempfile.gettempdir())) / "advss-gpu-locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        f = open(lock_dir / f"gpu{i}.lock", "w")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            continue
-        _GPU_LOCK = f  # held until the process exits
-        return i
-    raise AdvssError(f"all {n} GPUs are held by other advss jobs; run with --resources gpu={n}")
+    for slot in range(k):
+        for i in range(n):
+            f = open(lock_dir / (f"gpu{i}.lock" if slot == 0 else f"gpu{i}.slot{slot}.lock"), "w")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            _GPU_LOCK = f  # held until the process exits
+            return i
+    raise AdvssError(f"all {k} slot(s) of each of the {n} GPUs are held by other advss jobs; "
+                     f"run with --resources gpu={k * n}")
 
 
 @contextlib.contextmanager

@@ -35,11 +35,12 @@ def main(args):
 
 
 def prepare_model(model, spec, dev):
-    """The same device placement and precision as `advss.evaluate.run`; returns (model, bf16)."""
+    """The device placement of `advss.evaluate.run`: channels-last and compile as the
+    fast settings say, but always fp32 (reported numbers must not depend on the
+    precision chosen for training speed: a low-precision attack can be weaker)."""
     from advss.train import apply_fast, fast_settings
 
-    fast = fast_settings(spec, dev)
-    return apply_fast(model, dev, fast), fast["bf16"]
+    return apply_fast(model, dev, fast_settings(spec, dev))
 
 
 def craft(model, task, x, y, threat, batch_size, seed=0, bf16=False):
@@ -77,19 +78,19 @@ def run(spec, data_path, source_path, target_paths, out_npz, out_json, device="a
     threat = Threat.from_cfg(spec["threat"], "eval_steps")
     bs, seed = int(spec.get("batch_size", 256)), int(spec.get("seed", 0))
     source, task = load_classifier(source_path, spec["model"], data["num_classes"], dev)
-    source, bf16 = prepare_model(source, spec, dev)
-    x_adv = craft(source, task, x, y, threat, bs, seed, bf16)
+    source = prepare_model(source, spec, dev)
+    x_adv = craft(source, task, x, y, threat, bs, seed)
     success, preds = [], []
     for path in target_paths:
         target, _ = load_classifier(path, spec["model"], data["num_classes"], dev)
-        target, _ = prepare_model(target, spec, dev)
-        ev = evaluate(target, task, x_adv, y, None, bs, seed, bf16)
+        target = prepare_model(target, spec, dev)
+        ev = evaluate(target, task, x_adv, y, None, bs, seed)
         success.append(~ev["clean"].numpy().astype(bool))
         preds.append(ev["pred_clean"].numpy())
     success = np.stack(success)
     save_npz(out_npz, y=y.cpu().numpy(), source=np.array(spec["source"]), targets=np.array(spec["targets"]),
              success=success, pred=np.stack(preds))
-    res = {"source": spec["source"], "n": int(len(y)), "attack": f"pgd{threat.steps}-{threat.norm}",
+    res = {"source": spec["source"], "n": int(len(y)), "attack": f"pgd{threat.steps}-{threat.norm}", "eval_precision": "fp32",
            "asr": {t: float(s.mean()) for t, s in zip(spec["targets"], success)}}
     write_json(out_json, {**res, "provenance": provenance(spec, dev, started, source=str(source_path),
                                                           targets=[str(p) for p in target_paths])})

@@ -121,9 +121,29 @@ def test_concurrent_jobs_claim_distinct_gpus(tmp_path, monkeypatch):
     second = io._claim_gpu()
     held.append(io._GPU_LOCK)
     assert {first, second} == {0, 1}
-    with pytest.raises(AdvssError, match="all 2 GPUs"):
+    with pytest.raises(AdvssError, match="of each of the 2 GPUs"):
         io._claim_gpu()
     for f in held:
         f.close()
     assert io._claim_gpu() in (0, 1)  # released locks are free again
     io._GPU_LOCK.close()
+
+
+def test_k_jobs_per_gpu_share_each_gpu_evenly(tmp_path, monkeypatch):
+    """ADVSS_JOBS_PER_GPU=2 on 2 GPUs: four jobs land 0, 1, 0, 1 and a fifth is refused."""
+    monkeypatch.setenv("ADVSS_GPU_LOCK_DIR", str(tmp_path))
+    monkeypatch.setenv("ADVSS_JOBS_PER_GPU", "2")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setattr(io, "_GPU_LOCK", None)
+    held, got = [], []
+    for _ in range(4):
+        got.append(io._claim_gpu(2))
+        held.append(io._GPU_LOCK)
+    assert got == [0, 1, 0, 1]
+    with pytest.raises(AdvssError, match="--resources gpu=4"):
+        io._claim_gpu(2)
+    for f in held:
+        f.close()
+    monkeypatch.setenv("ADVSS_JOBS_PER_GPU", "0")
+    with pytest.raises(AdvssError, match="positive integer"):
+        io._claim_gpu(2)

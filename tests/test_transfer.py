@@ -123,9 +123,12 @@ def test_workflow_tables_4_5_6_and_figure_5(mini_run):
     member = json.loads((run / "finetune" / "rotation-adv" / "full-adv" / "seed0" / "test.json").read_text())
     assert (one["ta"], one["ra"]) == (member["ta"], member["ra"])
     t5 = pd.read_csv(run / "tables" / "table5.csv")
-    assert list(t5["model"]) == ["Rotation", "Jigsaw", "Selfie", "AP+SE", "AP+DPE"]
+    assert list(t5["model"]) == ["Rotation", "Jigsaw", "Selfie", "AP+SE", "AP+DPE (+α·g, Eq. 3)",
+                                 "AP+DPE (−α·g, diversity)"]
     assert t5["paper_ra"].notna().all()
     t6 = pd.read_csv(run / "tables" / "table6.csv")
     assert list(t6["members"]) == member_sets(["rotation", "jigsaw", "selfie"])
     dpe = json.loads((run / "pretrain" / "ensemble-dpe" / "seed0" / "meta.json").read_text())
     assert dpe["spec"]["objective"]["alpha"] == 0.1 and dpe["spec"]["task"] == "ensemble"
+    neg = json.loads((run / "pretrain" / "ensemble-dpe-neg" / "seed0" / "meta.json").read_text())
+    assert dpe["spec"]["objective"]["sign"] == 1 and neg["spec"]["objective"]["sign"] == -1

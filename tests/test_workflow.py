@@ -52,7 +52,7 @@ def test_paper_dag_lists_every_job_without_network(tmp_path):
     for rule in ("table3", "table4", "table5", "table6", "table7", "table8", "table_rotaux", "table_autoattack",
                  "table_unforeseen", "table_cifar10c", "claims"):
         assert counts.get(rule) == 1, rule
-    assert counts["pretrain_ensemble"] == 2 and counts["transfer"] == 3 and counts["ensemble_eval"] == 4
+    assert counts["pretrain_ensemble"] == 3 and counts["transfer"] == 3 and counts["ensemble_eval"] == 4
     assert counts["finetune"] > 20 and counts["evaluate"] == counts["finetune"]
     assert not (tmp_path / "results").exists()
 
@@ -158,3 +158,16 @@ def test_demo_end_to_end_then_interrupted_rerun_runs_only_missing_jobs(tmp_path,
     assert all(q.stat().st_mtime_ns == t for q, t in finished.items())  # finished jobs were not rerun
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())
     assert len(list(run.glob("finetune/*/*/*/test.json"))) == total
+
+
+def test_slurm_profile_runs_the_paper_and_a_bare_run_the_demo(tmp_path):
+    """`snakemake --profile slurm all_tables` regenerates the paper (config/config.yaml);
+    `--configfile` still wins over the profile; without the profile the demo is the default."""
+    (tmp_path / "config").symlink_to(ROOT / "config")
+    profile = ROOT / "workflow" / "profiles" / "slurm"
+    p = snakemake("-n", "all_tables", "--profile", profile, cwd=tmp_path)
+    assert "results/cifar10-paper/" in p.stdout and "results/demo/" not in p.stdout
+    p = snakemake("-n", "all_tables", "--profile", profile, "--configfile", ROOT / "config/demo.yaml", cwd=tmp_path)
+    assert "results/demo/" in p.stdout and "results/cifar10-paper/" not in p.stdout
+    p = snakemake("-n", "all_tables", "-c2", cwd=tmp_path)
+    assert "results/demo/" in p.stdout and "results/cifar10-paper/" not in p.stdout

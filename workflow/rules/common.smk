@@ -1,5 +1,6 @@
 # Config loading, validation and the helpers every rule uses (functions only).
 import json
+import os
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -8,6 +9,12 @@ from snakemake.utils import min_version, validate
 from advss import protocol as P
 
 min_version("8.0")
+
+# torch.compile's on-disk caches (inductor's FX-graph cache and AOTAutograd's) in one
+# directory that every job of this workflow reuses: compilation is paid once per machine
+# and software version, not once per job. Jobs inherit the variable (sbatch exports the
+# submitting environment); set it yourself to share a cache between checkouts.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(".cache/torch-compile").resolve()))
 
 
 def _config_files():
