@@ -99,7 +99,9 @@ def _markdown(df: pd.DataFrame, caption: str) -> str:
 
 def _latex_escape(s: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("±", r"$\pm$"), ("–", "--"), ("→", r"$\to$"), ("ε", r"$\epsilon$")):
+                 ("±", r"$\pm$"), ("–", "--"), ("→", r"$\to$"), ("ε", r"$\epsilon$"), ("α", r"$\alpha$"),
+                 ("−", r"$-$"), ("·", r"$\cdot$"), ("ℓ", r"$\ell$"), ("≤", r"$\leq$"), ("≥", r"$\geq$"),
+                 ("ᵀ", r"$^\top$"), ("†", r"\dag{}"), ("θ", r"$\theta$"), ("σ", r"$\sigma$")):
         s = s.replace(a, b)
     return s
 
