@@ -12,7 +12,8 @@ corruptions, transfer, ensemble-eval) through the functions the workflow's jobs 
 Each training kind runs two epochs: the first warms up (compilation, graph capture); the
 second is timed and must compile nothing new. Each evaluation kind runs twice; the
 second run is timed. The suites' settings (attack iterations, corruptions) come from
---config (the demo's cheap settings by default); model and threat are the paper's.
+--config (the demo's cheap settings by default); the pretext settings (Selfie's 12-layer
+transformer) from --pretext-config (the paper's); model and threat are the paper's.
 Prints one row per kind: ok or failed, seconds per batch after warm-up, recompiles.
 """
 from __future__ import annotations
@@ -152,7 +153,8 @@ def _sync():
 def main(argv=None):
     global _DEVICE
     ap = argparse.ArgumentParser(prog="python -m advss.gpucheck", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(ROOT / "config" / "demo.yaml"), help="suites' and pretext settings")
+    ap.add_argument("--config", default=str(ROOT / "config" / "demo.yaml"), help="the suites' settings")
+    ap.add_argument("--pretext-config", default=str(ROOT / "config" / "config.yaml"), help="the pretext settings")
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--batch", type=int, default=128, help="training batch (the paper's)")
@@ -173,6 +175,7 @@ def main(argv=None):
     from advss.io import pick_device, write_json
 
     cfg = yaml.safe_load(Path(a.config).read_text())
+    cfg["pretext"] = yaml.safe_load(Path(a.pretext_config).read_text()).get("pretext", {})
     fast = json.loads(a.fast)
     model = {"arch": a.arch, "width": a.width, "stem": "cifar"}
     kinds = a.kinds or all_kinds()

@@ -10,7 +10,7 @@ from advss import gpucheck
 from advss.ensemble import log_det_diversity
 from advss.step import Draws, StepRunner, init_momentum, sgd_update
 from advss.train import graphs_compiled, lr_at, train
-from conftest import train_spec
+from conftest import ROOT, train_spec
 
 FORCED = {"precision": "bf16", "channels_last": True, "compile": True, "cuda_graphs": True,
           "compile_backend": "aot_eager"}  # aot_eager: quick, and still through AOTAutograd
@@ -29,6 +29,7 @@ def test_every_job_kind_runs_with_bf16_compile_and_graphs_forced(tmp_path):
     model: all complete and none compiles anything new after its warm-up."""
     rec = gpucheck.main(["--arch", "resnet-tiny", "--width", "4", "--batch", "8", "--batches", "4", "--n-eval", "8",
                          "--eval-batch", "8", "--train-steps", "1", "--eval-steps", "1", "--device", "cpu",
+                         "--pretext-config", str(ROOT / "config" / "demo.yaml"),  # a 2-layer Selfie transformer
                          "--fast", json.dumps(FORCED), "--out", str(tmp_path / "gpucheck.json")])
     failed = [(r["kind"], r.get("error")) for r in rec["rows"] if not r["ok"]]
     assert not failed, failed
