@@ -75,7 +75,7 @@ def rotaux_spec(spec):
 
 def ablation_report_spec(wildcards=None):
     spec = json.loads(report_spec())
-    spec.update({k: v for k, v in ABL.items()})
+    spec.update(json.loads(json.dumps(ABL)))  # a copy: "compare" below must not change the config (its hash)
     if "baseline" in ABL:  # (label, Table 3 key, source) of the rows beside the baseline
         spec["baseline"]["compare"] = [["AT from scratch (P1,F4)", "P1F4", "scratch"]] + (
             [["Rotation pretraining (P3,F4)", "P3F4", "rotation-adv"]] if "rotation" in TASKS else [])
