@@ -1,0 +1,76 @@
+"""config/fashion-mnist-cpu.yaml (issue 13, item 8): it passes the workflow's validation,
+its DAG is the headline comparison only, it keeps the paper's threat, and it dry-runs
+without the dataset (prepare_data is not executed in a dry run)."""
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+
+import yaml
+
+from advss.protocol import TASK_LABEL
+from conftest import ROOT
+
+SNAKEFILE = ROOT / "workflow" / "Snakefile"
+CONFIG = ROOT / "config" / "fashion-mnist-cpu.yaml"
+RECORD = ROOT / "benchmarks" / "fashion-mnist-cpu"
+
+
+def dry_run(cfg_path, cwd):
+    (cwd / "config").symlink_to(ROOT / "config")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(cwd), "-n", "all_tables",
+           "--configfile", str(cfg_path)]
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    table = p.stdout.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def expected_jobs(cfg):
+    n_seeds, n_tasks = len(cfg["seeds"]), len(cfg["pretrain"]["tasks"])
+    # P3 pretraining per task and seed; fine-tuning: the shared P1 row plus (P3,F4) per task
+    return {"prepare_data": 1, "pretrain": n_tasks * n_seeds, "finetune": (1 + n_tasks) * n_seeds,
+            "evaluate": (1 + n_tasks) * n_seeds, "table3": 1, "claims": 1, "all_tables": 1}
+
+
+def test_config_is_the_headline_comparison_with_the_papers_threat():
+    cfg = yaml.safe_load(CONFIG.read_text())
+    assert cfg["data"]["name"] == "fashion-mnist" and cfg["data"]["n_train"] and cfg["data"]["n_test"]
+    assert sorted(map(tuple, cfg["finetune"]["scenarios"])) == [("P1", "F4"), ("P3", "F4")]
+    assert sorted(cfg["pretrain"]["tasks"]) == ["jigsaw", "rotation"]
+    assert cfg["seeds"] == [0, 1, 2] and cfg["deterministic"] is True
+    t = cfg["threat"]
+    assert (t["norm"], t["eps"], t["step"], t["random_start"]) == ("linf", "8/255", "2/255", True)
+    assert t["eval_steps"] > t["train_steps"]  # the test attack is not weaker than the training one
+    # no feature section: only Table 3 and the claims are built
+    assert not {"robustness", "ablations", "ensemble", "transfer"} & set(cfg)
+
+
+def test_dry_run_passes_validation_and_lists_only_the_headline_jobs(tmp_path):
+    cfg = yaml.safe_load(CONFIG.read_text())
+    assert dry_run(CONFIG, tmp_path) == expected_jobs(cfg)
+    assert not (tmp_path / "results").exists()
+
+
+def test_dry_run_without_the_dataset(tmp_path):
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["data"]["root"] = str(tmp_path / "no-fashion-mnist-here")
+    path = tmp_path / "fm-cpu.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    (tmp_path / "run").mkdir()
+    assert dry_run(path, tmp_path / "run") == expected_jobs(cfg)
+
+
+def test_committed_record_matches_the_config():
+    """The dated record in benchmarks/ is Table 3 of this config's scenarios, tasks and seeds."""
+    cfg = yaml.safe_load(CONFIG.read_text())
+    for name in ("table3.csv", "table3.md", "claims.csv", "claims.md", "README.md"):
+        assert (RECORD / name).stat().st_size > 0, name
+    rows = list(csv.DictReader((RECORD / "table3.csv").open()))
+    labels = [TASK_LABEL[t] for t in cfg["pretrain"]["tasks"]]
+    assert {(r["scenario"], r["task"]) for r in rows} == {(s, t) for s in ("(P1,F4)", "(P3,F4)") for t in labels}
+    for r in rows:
+        assert int(r["n_seeds"]) == len(cfg["seeds"])
+    assert "fashion-mnist-cpu.yaml" in (RECORD / "README.md").read_text()
