@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from conftest import ROOT, TINY_MODEL, train_spec
 
@@ -152,9 +153,11 @@ def test_workflow_plans_the_ablations(tmp_path):
     p = snakemake("-n", "table7", "table8", "table_rotaux", "figure_pool", "--configfile", ROOT / "config/demo.yaml",
                   cwd=tmp_path)
     counts = job_counts(p.stdout)
-    assert counts["prepare_pool"] == 2        # two pool sizes
-    assert counts["pretrain_ablation"] == 5   # 2 pools (rotation) + 3 smoothing pretrainings
-    assert "full-adv-rotaux" in p.stdout and "rotation-smooth" in p.stdout and "rotation-adv-n270" in p.stdout
+    abl = yaml.safe_load((ROOT / "config/demo.yaml").read_text())["ablations"]
+    sizes, pool_tasks, smooth = abl["pool"]["sizes"], abl["pool"]["tasks"], abl["smoothing"]["tasks"]
+    assert counts["prepare_pool"] == len(sizes)                                        # one pool per size
+    assert counts["pretrain_ablation"] == len(sizes) * len(pool_tasks) + len(smooth)   # pools + smoothing
+    assert "full-adv-rotaux" in p.stdout and "rotation-smooth" in p.stdout and f"rotation-adv-n{sizes[0]}" in p.stdout
     (tmp_path / "config").symlink_to(ROOT / "config")  # the class map is relative to the run directory
     for cfg in ("cifar100", "rimagenet"):
         counts = job_counts(snakemake("-n", "--configfile", ROOT / f"config/{cfg}.yaml", cwd=tmp_path).stdout)
