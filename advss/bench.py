@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from advss import data as D
 from advss.attacks import Threat, pgd
 from advss.models import classifier
-from advss.train import autocast
+from advss.fast import autocast
 
 EPOCH = 45_000  # CIFAR-10 training images after the 9:1 split
 
@@ -160,7 +160,8 @@ def _dataset(work, n_fit, n_val=256):
 
 def pipeline_speed(cfg, mode, bs, batches, fast, work, device="auto"):
     """images/s of the second epoch of `advss.train.train`, and graphs built during it."""
-    from advss.train import graphs_compiled, train
+    from advss.fast import graphs_compiled
+    from advss.train import train
 
     data = _dataset(work, bs * batches + bs // 2)
     marks, d = [], Path(work) / f"{mode}-{bs}"

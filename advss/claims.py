@@ -11,20 +11,21 @@ With one seed there is no interval over seeds. A claim between two classifiers' 
 test on their per-example vectors: it measures test-sampling uncertainty only, not the
 seed-to-seed variation of training. Other claims (epochs to best) stay undecided.
 Claims whose result files are absent read "undecided (no results)", so the table
-can be made for any config. Numbers come from result files only, read by path.
+can be made for any config. Numbers come from result files only, read by path
+(advss.results); advss.report.claims writes the table.
 """
 from __future__ import annotations
 
 import math
 import statistics
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from advss import protocol as P
 from advss.io import AdvssError, load_npz, read_json
-from advss.report import finetune_dir, finetune_result, fmt, t95, write_table
+from advss.results import ensemble_dir, finetune_dir, finetune_result, transfer_npz
+from advss.tables import t95
 
 HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "undecided"
 # relation -> (holds if the interval is entirely ..., fails if entirely ...), as tests on (lo, hi)
@@ -142,7 +143,7 @@ def finetuned(spec, p, f, task, key) -> dict:
 def ensemble_ra(spec, members) -> dict:
     """Per-seed RA (%) of the ensemble of fine-tuned (P3,F4) models of `members`, from
     results/{run}/ensembles/{a+b+c}/seed{k}.json ({"ta", "ra"} as fractions, like test.json)."""
-    d = Path(spec["run_dir"]) / "ensembles" / "+".join(sorted(members))
+    d = ensemble_dir(spec["run_dir"], members)
     return _per_seed(spec, lambda s: 100 * read_json(d / f"seed{s}.json")["ra"])
 
 
@@ -161,7 +162,7 @@ def finetuned_hits(spec, p, f, task):
 def ensemble_hits(spec, members):
     """Per-example PGD correctness of the ensemble of `members` (one classifier: the averaged
     softmax, attacked as a whole), from results/{run}/ensembles/{a+b+c}/seed{k}.npz."""
-    d = Path(spec["run_dir"]) / "ensembles" / "+".join(sorted(members))
+    d = ensemble_dir(spec["run_dir"], members)
 
     def read(seed):
         z = load_npz(d / f"seed{seed}.npz")
@@ -172,8 +173,6 @@ def ensemble_hits(spec, members):
 
 def transfer_hits(spec, source, target):
     """Per-example success of PGD crafted on `source`'s (P3,F4) model, on `target`'s model."""
-    from advss.transfer import transfer_npz
-
     src, tid = P.pretrain_id(source, "P3"), P.pretrain_id(target, "P3")
 
     def read(seed):
@@ -293,45 +292,3 @@ def claims_frame(spec) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fmt_p(p) -> str:
-    if p is None or math.isnan(p):
-        return "–"
-    return f"{p:.2g}" if p > 0 else "< 1e-300"  # 0.0: the exact p underflows a float
-
-
-def table_claims(spec: dict, prefix):
-    df = claims_frame(spec)
-    one_seed = bool((df["test"] == MCNEMAR).any())
-    display = pd.DataFrame({
-        "Claim": df["claim"], "Compared": df["task"],
-        "Difference": [fmt(m, s) for m, s in zip(df["diff_mean"], df["diff_std"])],
-        "95% CI": ["–" if math.isnan(lo) else f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(df["ci95_lo"], df["ci95_hi"])],
-        "n": df["n_seeds"],
-    })
-    if one_seed:
-        display["Test"] = ["–" if t == "none" else t for t in df["test"]]
-        display["b / c"] = ["–" if math.isnan(b) else f"{int(b)} / {int(c)}"
-                            for b, c in zip(df["mcnemar_b"], df["mcnemar_c"])]
-        display["p"] = [fmt_p(p) for p in df["p_value"]]
-    display["Verdict"] = df["verdict"]
-    display["Paper difference"] = [fmt(v) for v in df["paper_diff"]]
-    if one_seed:
-        caption = (f"Claims of the paper tested on {spec['run']}, one seed: difference A − B of the two sides of each "
-                   f"claim (RA or attack success rate in %, or epochs to best RA), from the per-example results of the "
-                   f"two models on the same test images. Test: {MCNEMAR}: b = images only A gets right (or only A's "
-                   f"attack succeeds on), c = the converse, p = the exact two-sided McNemar p-value (binomial on b, c), "
-                   f"95% CI = the exact interval of the difference given b + c (Clopper-Pearson on b/(b + c)), which "
-                   f"excludes 0 exactly when p < 0.05. It accounts for the sampling of test images "
-                   f"only, not for the variation between training seeds, which needs several seeds. A claim holds when "
-                   f"the difference is on the claimed side with p < 0.05, does not hold when it is on the other side "
-                   f"with p < 0.05, and is undecided otherwise; a claim that is not a per-example accuracy (epochs to "
-                   f"best) stays undecided with one seed. Paper difference from its CIFAR-10 ResNet-50 tables. "
-                   f"config {spec['config_hash']}")
-    else:
-        caption = (f"Claims of the paper tested on {spec['run']}: difference A − B of the two sides of each claim "
-                   f"(RA in %, or epochs to best RA), paired by seed, mean ± std over n seeds with the 95% t-interval "
-                   f"of its mean; a claim holds when the interval lies on the claimed side of 0, does not hold when it "
-                   f"lies on the other side, and is undecided otherwise (or with one seed). Paper difference from its "
-                   f"CIFAR-10 ResNet-50 tables. config {spec['config_hash']}")
-    write_table(display, df, prefix, caption)
-    return df

@@ -1,4 +1,6 @@
-"""`python -m advss <command>`: argument parsing only; each command is one call.
+"""`python -m advss <command>`: all argument parsing; each command is one call of a
+job module's function (imported only when its command runs, so `--help` and argument
+errors stay fast).
 
 Every workflow job is one such line, so a person can copy it from a log and run it.
 The job's result-affecting settings arrive as one JSON `--spec`; paths as flags.
@@ -6,22 +8,11 @@ The job's result-affecting settings arrive as one JSON `--spec`; paths as flags.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
 
-
-# Commands that feature modules own: `python -m advss NAME` calls MODULE.main(args)
-# after MODULE.add_arguments(parser). The modules must import torch lazily (inside
-# main) so that `--help` and argument errors stay fast.
-PLUGINS = {
-    # --- more commands register here, one line each: "name": "advss.module", ---
-    "transfer": "advss.transfer",
-    "ensemble-eval": "advss.ensemble_eval",
-    "robustness": "advss.robustness",
-    "pool": "advss.ablations",
-}
+from advss.protocol import ROBUSTNESS_SUITES
 
 
 def _spec(s: str) -> dict:
@@ -67,9 +58,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-npz", required=True)
 
-    for name, module in PLUGINS.items():
-        mod = importlib.import_module(module)
-        mod.add_arguments(sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0]))
+    p = sub.add_parser("transfer", help="PGD crafted on one model, evaluated on others (Table 4, Figure 5)")
+    common_args(p)
+    p.add_argument("--source", required=True, help="checkpoint the attack is crafted on")
+    p.add_argument("--targets", nargs="+", required=True, help="checkpoints evaluated, in the order of spec['targets']")
+    p.add_argument("--out-npz", required=True)
+    p.add_argument("--out-json", required=True)
+
+    p = sub.add_parser("ensemble-eval", help="a softmax-average ensemble's TA and white-box PGD RA (Table 6)")
+    common_args(p)
+    p.add_argument("--models", nargs="+", required=True, help="the members' checkpoints")
+    p.add_argument("--out-json", required=True)
+    p.add_argument("--out-npz", required=True)
+
+    p = sub.add_parser("robustness", help="AutoAttack, unforeseen attacks or CIFAR-10-C of a model or an ensemble")
+    p.add_argument("suite", choices=ROBUSTNESS_SUITES)
+    common_args(p)
+    p.add_argument("--model", action="append", required=True,
+                   help="fine-tuned checkpoint; repeat it to attack the softmax average of several")
+    p.add_argument("--out-json", required=True)
+    p.add_argument("--out-npz", required=True)
+
+    p = sub.add_parser("pool", help="write an unlabeled pretraining pool file (Table 7)")
+    common_args(p)  # --spec: the ablations.pool section; --data: the run's dataset file
+    p.add_argument("--size", type=int, required=True, help="number of pool images")
+    p.add_argument("--out", required=True)
 
     for name in ("table", "figure"):
         p = sub.add_parser(name, help=f"make one {name} from result files")
@@ -106,13 +119,27 @@ def _dispatch(args):
         train({**args.spec, "stage": args.cmd}, args.data, args.out_model, args.out_metrics, args.out_meta,
               init=args.init, out_best_ta=args.out_best_ta, resume_dir=args.resume_dir, device=args.device,
               log=lambda m: print(m, flush=True))
-    elif args.cmd in PLUGINS:
-        importlib.import_module(PLUGINS[args.cmd]).main(args)
     elif args.cmd == "evaluate":
         from advss.evaluate import run
 
-        res = run(args.spec, args.data, args.model, args.out_json, args.out_npz, args.device)
-        print(json.dumps(res))
+        print(json.dumps(run(args.spec, args.data, args.model, args.out_json, args.out_npz, args.device)))
+    elif args.cmd == "transfer":
+        from advss.transfer import run
+
+        print(json.dumps(run(args.spec, args.data, args.source, args.targets, args.out_npz, args.out_json, args.device)))
+    elif args.cmd == "ensemble-eval":
+        from advss.ensemble_eval import run
+
+        print(json.dumps(run(args.spec, args.data, args.models, args.out_json, args.out_npz, args.device)))
+    elif args.cmd == "robustness":
+        from advss.robustness import run
+
+        res = run(args.suite, args.spec, args.data, args.model, args.out_json, args.out_npz, args.device)
+        print(json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)}))
+    elif args.cmd == "pool":
+        from advss.ablations import build_pool
+
+        build_pool(args.spec, args.size, args.data, args.out)
     else:
         from advss.report import make
 

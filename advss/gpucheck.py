@@ -90,7 +90,8 @@ def finetune_spec(f, a, model, fast):
 
 # ------------------------------------------------------------------ runs
 def run_train(spec, data, work, name, init=None):
-    from advss.train import graphs_compiled, train
+    from advss.fast import graphs_compiled
+    from advss.train import train
 
     marks = []
     d = work / name.replace(" ", "_")
@@ -104,7 +105,7 @@ def run_train(spec, data, work, name, init=None):
 
 def run_eval(kind, a, cfg, model_cfg, fast, data, work, models):
     """Twice: the first warms up, the second is timed and counts new graphs."""
-    from advss.train import graphs_compiled
+    from advss.fast import graphs_compiled
 
     n, bs = a.n_eval, a.eval_batch
     common = {"model": model_cfg, "threat": _threat(a), "seed": 0, "deterministic": False,

@@ -113,8 +113,7 @@ def torch_load(path, what="checkpoint"):
 
 
 # --------------------------------------------------------------- spec & seeds
-def spec_hash(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+from advss.protocol import spec_hash  # noqa: E402,F401  (defined there: the workflow hashes the config at parse time)
 
 
 def batch_seed(seed: int, epoch: int, batch: int) -> int:

@@ -1,10 +1,16 @@
 """The paper's experimental design as data (no torch): tasks, P/F modes, the
 Table 3 scenarios, model-id grammar and the paper's reference numbers.
 
-The workflow and the report both read this module, so the design lives once.
+The workflow and the report both read this module, so the design lives once. The
+workflow imports only this module and advss.classmap while it parses, so nothing
+here may import torch or another advss module: the constants and checks the
+workflow needs from the feature modules (robustness suites, AutoAttack's standard
+budget, spec hashes, ensemble member sets) live here, and those modules alias them.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 
 TASKS = ("rotation", "jigsaw", "selfie")
@@ -34,24 +40,67 @@ TABLE3_SCENARIOS = (
 # evaluate 2: test numbers in fp32 whatever the training precision.
 REVISION = {"data": 1, "pgd": 1, "rotation": 1, "jigsaw": 2, "selfie": 1, "train": 2, "evaluate": 2}
 
-# Grammar of path segments.
-PT_RE = r"(rotation|jigsaw|selfie)-(std|adv)"
+# Grammar of path segments, derived from TASKS (the one list of task names).
+TASK_RE = "|".join(TASKS)
+PT_RE = rf"({TASK_RE})-(std|adv)"
 SRC_RE = r"scratch|" + PT_RE
 FT_RE = r"(partial|full)-(std|adv)"
-# Ablations (advss/ablations.py, workflow/rules/ablations.smk): the Table 7 pool-size and
+# Ablations (advss/ablations.py, workflow/rules/ablations_inputs.smk): the Table 7 pool-size and
 # Table 8 smoothing pretrainings are fine-tuning sources; the one-shot baseline (AT +
 # rotation auxiliary) is a fine-tuning id whose spec sets the task (advss/rotaux.py).
-ABLATION_PT_RE = r"(rotation|jigsaw|selfie)-(adv-n\d+|smooth)"
+ABLATION_PT_RE = rf"({TASK_RE})-(adv-n\d+|smooth)"
 SRC_RE += "|" + ABLATION_PT_RE
 BASELINE_FT = "full-adv-rotaux"
 FT_RE += r"(-rotaux)?"  # parse_ft reads it as full-adv; finetune_spec then sets the task
-# Table 5's ensemble pretrainings (rules/ensemble.smk): AP+SE (α = 0) and AP+DPE with each sign
+# Table 5's ensemble pretrainings (rules/ensemble_inputs.smk): AP+SE (α = 0) and AP+DPE with each sign
 # of α·g in the weights' loss (advss/ensemble.py): 'ensemble-dpe' is +1, eq. (3) as written and the
 # reference code; 'ensemble-dpe-neg' is -1, the diversity-promoting reading of the text.
 ENSEMBLE_DPE = {1: ("dpe", "AP+DPE (+α·g, Eq. 3)"), -1: ("dpe-neg", "AP+DPE (−α·g, diversity)")}
 ENSEMBLE_VARIANT_RE = "|".join(["se", *(v for v, _ in ENSEMBLE_DPE.values())])
 ENSEMBLE_PT_RE = rf"ensemble-({ENSEMBLE_VARIANT_RE})"
 SRC_RE += "|" + ENSEMBLE_PT_RE
+# Every pretrained-model id (one `pretrain` rule trains them all): per task, ablated, ensemble.
+PRETRAIN_RE = "|".join([PT_RE, ABLATION_PT_RE, ENSEMBLE_PT_RE])
+# Ensembles of fine-tuned models: 'a+b+...' of task names (Table 6 from one member on;
+# AutoAttack's ensembles from two).
+MEMBERS_RE = rf"({TASK_RE})(\+({TASK_RE}))*"
+AA_MEMBERS_RE = rf"({TASK_RE})(\+({TASK_RE}))+"
+
+# Robustness beyond PGD (advss/robustness.py): the suites, the revision of that module
+# (bump after a bug fix there: reruns exactly the robustness jobs) and the one-shot AT +
+# rotation-auxiliary baseline's (src, ft) (Hendrycks et al. 2019).
+ROBUSTNESS_SUITES = ("autoattack", "unforeseen", "corruptions")
+ROBUSTNESS_REVISION = 2
+ROTAUX = ("scratch", BASELINE_FT)
+# AutoAttack's standard budget (Croce & Hein 2020), which version 'standard' must keep.
+AUTOATTACK_STANDARD_BUDGET = {"n_iter": 100, "n_target_classes": 9, "n_queries": 5000, "fab_n_iter": 100}
+
+
+def autoattack_settings(aa: dict) -> dict:
+    """version and budget of the `autoattack` config part, checked before any job runs
+    (the workflow calls it at parse time): 'standard' must keep the standard budget.
+    Raises ValueError; advss.robustness.autoattack_settings turns it into an AdvssError."""
+    version = aa.get("version", "standard")
+    budget = {k: int(aa.get(k, v)) for k, v in AUTOATTACK_STANDARD_BUDGET.items()}
+    if version == "standard" and budget != AUTOATTACK_STANDARD_BUDGET:
+        raise ValueError(f"robustness.autoattack: version 'standard' fixes {AUTOATTACK_STANDARD_BUDGET}, "
+                         f"got {budget}; set version: custom for a smaller budget")
+    if version not in ("standard", "custom"):
+        raise ValueError(f"robustness.autoattack.version must be standard or custom, not {version!r}")
+    return {"version": version, **budget, "inhouse": bool(aa.get("inhouse", True))}
+
+
+def spec_hash(spec: dict) -> str:
+    """The hash of a job spec (result metadata, resume guards, report captions' config hash)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def member_sets(tasks):
+    """Every pair and the whole set of tasks, each as a sorted 'a+b' id (Table 6's rows)."""
+    import itertools
+
+    tasks = sorted(tasks)
+    return ["+".join(c) for k in range(2, len(tasks) + 1) for c in itertools.combinations(tasks, k)]
 
 
 def ensemble_dpe_id(sign: int) -> str:
@@ -99,6 +148,15 @@ def parse_ft(ft: str) -> tuple[bool, bool]:
     if not m:
         raise ValueError(f"bad fine-tuning id {ft!r}; expected {FT_RE}")
     return m.group(1) == "partial", m.group(2) == "adv"
+
+
+def pretrain_kind(pt: str) -> str:
+    """Which spec a pretrained-model id gets: 'task' (P2/P3 of one task), 'ensemble'
+    (Table 5) or 'ablation' (Table 7's pools, Table 8's smoothing)."""
+    for kind, rx in (("task", PT_RE), ("ensemble", ENSEMBLE_PT_RE), ("ablation", ABLATION_PT_RE)):
+        if re.fullmatch(rx, pt):
+            return kind
+    raise ValueError(f"bad pretrained-model id {pt!r}; expected {PRETRAIN_RE}")
 
 
 def parse_pt(pt: str) -> tuple[str, str]:

@@ -16,12 +16,12 @@ def _forbid_attack(monkeypatch):
     """Make every reachable PGD entry point raise."""
     import advss.attacks
     import advss.objectives
-    import advss.train
+    import advss.evaluate
 
     def boom(*a, **k):
         raise AssertionError("the attack was called")
 
-    for mod in (advss.attacks, advss.objectives, advss.train):
+    for mod in (advss.attacks, advss.objectives, advss.evaluate):
         monkeypatch.setattr(mod, "pgd", boom)
 
 
@@ -148,6 +148,8 @@ def test_pool_from_a_user_image_folder(tiny_data, tmp_path):
 
 
 def test_workflow_plans_the_ablations(tmp_path):
+    import re
+
     from test_workflow import job_counts, snakemake
 
     p = snakemake("-n", "table7", "table8", "table_rotaux", "figure_pool", "--configfile", ROOT / "config/demo.yaml",
@@ -155,8 +157,11 @@ def test_workflow_plans_the_ablations(tmp_path):
     counts = job_counts(p.stdout)
     abl = yaml.safe_load((ROOT / "config/demo.yaml").read_text())["ablations"]
     sizes, pool_tasks, smooth = abl["pool"]["sizes"], abl["pool"]["tasks"], abl["smoothing"]["tasks"]
+    n_ablation = len(sizes) * len(pool_tasks) + len(smooth)                            # pools + smoothing
     assert counts["prepare_pool"] == len(sizes)                                        # one pool per size
-    assert counts["pretrain_ablation"] == len(sizes) * len(pool_tasks) + len(smooth)   # pools + smoothing
+    # one `pretrain` rule: the ablation pretrainings and rotation-adv (P3)
+    assert counts["pretrain"] == n_ablation + 1
+    assert len(re.findall(r"Pretraining \w+-(?:adv-n\d+|smooth) ", p.stdout)) == n_ablation
     assert "full-adv-rotaux" in p.stdout and "rotation-smooth" in p.stdout and f"rotation-adv-n{sizes[0]}" in p.stdout
     (tmp_path / "config").symlink_to(ROOT / "config")  # the class map is relative to the run directory
     for cfg in ("cifar100", "rimagenet"):

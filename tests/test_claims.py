@@ -14,7 +14,8 @@ import pytest
 
 from advss import claims as C
 from advss import protocol as P
-from advss import report as R
+from advss import results
+from advss.report import claims as report_claims
 from advss.io import save_npz, write_json
 from test_stats import ALL_SCENARIOS, fill, report_spec
 
@@ -66,7 +67,7 @@ def swapped(src, ft, seed):
 
 def verdicts(run_dir, seeds=SEEDS):
     spec = report_spec(run_dir, seeds, TASKS)
-    C.table_claims(spec, run_dir / "claims")
+    report_claims.table_claims(spec, run_dir / "claims")
     df = pd.read_csv(run_dir / "claims.csv")
     return {(c, t): v for c, t, v in zip(df["claim"], df["task"], df["verdict"])}
 
@@ -173,7 +174,7 @@ def test_mcnemar_verdicts_follow_the_claimed_side():
 def write_pgd(run_dir, src, ft, seed, ra, n=1000):
     """eval/pgd.npz as advss.evaluate saves it: the first round(n·RA) test images are robust."""
     correct = np.arange(n) < round(n * ra / 100)
-    save_npz(R.finetune_dir(run_dir, src, ft, seed) / "eval" / "pgd.npz", y=np.arange(n) % 10,
+    save_npz(results.finetune_dir(run_dir, src, ft, seed) / "eval" / "pgd.npz", y=np.arange(n) % 10,
              correct_clean=np.ones(n, bool), correct_adv=correct, pred_clean=np.arange(n) % 10,
              pred_adv=np.where(correct, np.arange(n) % 10, 0))
 

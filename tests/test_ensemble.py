@@ -16,7 +16,7 @@ from conftest import ROOT, TINY_MODEL, train_spec
 
 from advss import protocol as P
 from advss.attacks import Threat
-from advss.ensemble import RIDGE, log_det_diversity, member_losses_and_diversity
+from advss.objectives import RIDGE, log_det_diversity, member_losses_and_diversity
 from advss.io import generator
 from advss.objectives import OBJECTIVES
 from advss.pretext import build_task
@@ -209,7 +209,7 @@ def _fake_finetune(run_dir, src, ft, seed, ta, ra, epochs):
 
 
 def test_table5_has_a_row_per_sign_with_its_own_results(tmp_path):
-    from advss.ensemble import table5
+    from advss.report.ensembles import table5
 
     run = tmp_path / "results" / "r"
     srcs = ["rotation-adv", "jigsaw-adv", "selfie-adv", "ensemble-se", "ensemble-dpe", "ensemble-dpe-neg"]

@@ -2,11 +2,11 @@
 import csv
 import json
 
-import pytest
 import torch
 
 from advss import bench, data as D
-from advss.train import fast_settings, train
+from advss.fast import fast_settings
+from advss.train import train
 from conftest import ROOT, TINY_MODEL, train_spec
 
 

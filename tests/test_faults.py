@@ -1,7 +1,6 @@
 """Jobs that die: SIGKILL and SIGTERM at random points, duplicate copies, GPU claims."""
 import csv
 import json
-import os
 import random
 import signal
 import subprocess

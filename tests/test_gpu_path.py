@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from advss import gpucheck
-from advss.ensemble import log_det_diversity
+from advss.objectives import log_det_diversity
 from advss.step import Draws, StepRunner, init_momentum, sgd_update
-from advss.train import graphs_compiled, lr_at, train
+from advss.fast import graphs_compiled
+from advss.train import lr_at, train
 from conftest import ROOT, train_spec
 
 FORCED = {"precision": "bf16", "channels_last": True, "compile": True, "cuda_graphs": True,

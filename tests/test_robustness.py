@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from advss import protocol as P
+from advss import results
 from advss import robustness as R
-from advss.attacks import Threat
+from advss.report import robustness as RR
 from advss.io import AdvssError, load_npz
 from conftest import ROOT, TINY_MODEL
 from test_autoattack import accuracy, synthetic_data, tiny_model
@@ -186,7 +187,7 @@ P3F4 = [(P.pretrain_id(t, "P3"), "full-adv") for t in P.TASKS]
 def fake_results(run_dir):
     """Result files as the jobs write them, with known numbers."""
     def write(src, ft, suite, obj, seed=0):
-        path = R.eval_path(run_dir, src, ft, seed, suite)
+        path = results.eval_path(run_dir, src, ft, seed, suite)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"suite": suite, "n": 100, **obj}))
 
@@ -198,7 +199,7 @@ def fake_results(run_dir):
                                       "per_component": {"clean": 0.9, "apgd-ce": 0.15 * k, "square": 0.1 * k}})
         write(src, ft, "corruptions", {"ta": 0.9, "source": {"fog": "generated", "snow": "generated"}, "mean": 0.5,
                                        "acc": {"fog": {"1": 0.8, "5": 0.4}, "snow": {"1": 0.6, "5": 0.2}}})
-    ens = R.ensemble_path(run_dir, ["rotation", "jigsaw"], 0)
+    ens = results.ensemble_path(run_dir, ["rotation", "jigsaw"], 0)
     ens.parent.mkdir(parents=True)
     ens.write_text(json.dumps({"ta": 0.85, "ra": 0.25, "ra_pgd": 0.3, "pgd_steps": 20, "n": 100, "ra_inhouse": 0.275,
                                "per_component": {"clean": 0.85, "apgd-ce": 0.3, "square": 0.25}}))
@@ -216,35 +217,35 @@ def test_tables_and_figures_from_result_files(tmp_path):
     fake_results(run_dir)
     spec, out = report_spec(run_dir), tmp_path / "out"
 
-    aa = R.autoattack_table(spec, out / "autoattack")
+    aa = RR.autoattack_table(spec, out / "autoattack")
     assert list(aa["model"]) == ["(P1,F3)", "(P1,F4)", "Ensemble Jigsaw+Rotation"]
     assert list(aa["ra_aa"]) == pytest.approx([0, 10, 25]) and list(aa["ra_pgd"]) == pytest.approx([0, 20, 30])
     assert "RA AutoAttack" in (out / "autoattack.md").read_text()
     assert list(aa["ra_aa_inhouse"].fillna(-1)) == pytest.approx([-1, -1, 27.5])  # the cross-check beside it
     assert "| RA in-house AA |" in (out / "autoattack.md").read_text()
 
-    uf = R.unforeseen_table(spec, out / "unforeseen")
+    uf = RR.unforeseen_table(spec, out / "unforeseen")
     assert len(uf) == 4 * 4  # (clean + 3 attack/ε cells) × 4 models
     md = (out / "unforeseen.md").read_text()
     assert "One-shot AT + rotation aux." in md and "(P3,F4) Rotation" in md
     assert "| snow† |" in md and "| pgd_linf |" in md and "UNCALIBRATED" in md  # ImageNet-100 ε, marked
 
-    R.cifar10c_table(spec, out / "cifar10c")
+    RR.cifar10c_table(spec, out / "cifar10c")
     c = pd.read_csv(out / "cifar10c.csv", dtype={"severity": str})
     row = c[(c["model"] == "(P1,F4)") & (c["severity"] == "mean")].iloc[0]
     assert row["fog"] == pytest.approx(60) and row["mean"] == pytest.approx(50) and row["clean"] == pytest.approx(90)
     assert c[(c["model"] == "(P1,F4)") & (c["severity"] == "5")].iloc[0]["mean"] == pytest.approx(30)
 
-    rot = R.per_attack_accuracy(spec, [P3F4[0], R.ROTAUX])
+    rot = RR.per_attack_accuracy(spec, [P3F4[0], R.ROTAUX])
     assert rot["(P3,F4) Rotation"] == pytest.approx({"clean": 80, "pgd_linf": 40, "snow": 60})
     assert rot["One-shot AT + rotation aux."]["pgd_linf"] == pytest.approx(100 * (0.5 - 0.3 + 0.3) / 2)
     for fig in ("figure3", "figure4"):
-        getattr(R, fig)(spec, out / fig)
+        getattr(RR, fig)(spec, out / fig)
         assert all((out / f"{fig}.{ext}").stat().st_size > 1000 for ext in ("png", "pdf"))
 
-    assert R.autoattack_column(run_dir, "scratch", "full-adv", 0) == pytest.approx(10)
-    assert R.autoattack_column(run_dir, "scratch", "partial-adv", 0) is None
-    assert R.autoattack_ensemble_column(run_dir, ["rotation", "jigsaw"], 0) == pytest.approx(25)
+    assert results.autoattack_column(run_dir, "scratch", "full-adv", 0) == pytest.approx(10)
+    assert results.autoattack_column(run_dir, "scratch", "partial-adv", 0) is None
+    assert results.autoattack_ensemble_column(run_dir, ["rotation", "jigsaw"], 0) == pytest.approx(25)
 
 
 @pytest.mark.slow
@@ -287,11 +288,10 @@ def test_schema_refuses_bad_sections(mutate, needle):
 
 
 def test_figures_mark_the_uncalibrated_attacks(monkeypatch, tmp_path):
-    import advss.report
 
     saved = []
-    monkeypatch.setattr(advss.report, "save_figure", lambda fig, prefix: saved.append(fig))
-    R.plot_unforeseen({"m": {"clean": 90, "pgd_linf": 50, "fog": 40, "snow": 30}}, "t", tmp_path / "f")
+    monkeypatch.setattr(RR, "save_figure", lambda fig, prefix: saved.append(fig))
+    RR.plot_unforeseen({"m": {"clean": 90, "pgd_linf": 50, "fog": 40, "snow": 30}}, "t", tmp_path / "f")
     fig = saved[0]
     ticks = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels()]
     assert {"fog†", "snow†", "pgd_linf"} <= set(ticks) and "fog" not in ticks

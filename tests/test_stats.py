@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from advss import protocol as P
-from advss import report as R
+from advss import results, tables
+from advss.report import finetuning as R
 from advss.io import write_json
 
 ALL_SCENARIOS = [list(s) for s in P.TABLE3_SCENARIOS]
@@ -17,7 +18,7 @@ ALL_SCENARIOS = [list(s) for s in P.TABLE3_SCENARIOS]
 
 def write_result(run_dir, src, ft, seed, ta, ra, epochs):
     """The two files a fine-tune leaves that the report reads (TA/RA as fractions, like evaluate)."""
-    d = R.finetune_dir(run_dir, src, ft, seed)
+    d = results.finetune_dir(run_dir, src, ft, seed)
     write_json(d / "test.json", {"ta": ta / 100, "ra": ra / 100})
     write_json(d / "meta.json", {"epochs_to_best": epochs, "epochs_run": 10, "spec_hash": "fixture"})
 
@@ -34,11 +35,11 @@ def fill(run_dir, seeds, tasks=("rotation",), value=lambda src, ft, seed: (80.0 
 
 
 def test_t_quantiles_match_the_t_distribution():
-    assert R.t95(1) == pytest.approx(12.706) and R.t95(2) == pytest.approx(4.303)
+    assert tables.t95(1) == pytest.approx(12.706) and tables.t95(2) == pytest.approx(4.303)
     # beyond the table: reference values of the two-sided 95% t quantile
     for dof, q in [(40, 2.0211), (60, 2.0003), (120, 1.9799), (10_000, 1.9602)]:
-        assert R.t95(dof) == pytest.approx(q, abs=1e-3)
-    assert math.isnan(R.t95(0))
+        assert tables.t95(dof) == pytest.approx(q, abs=1e-3)
+    assert math.isnan(tables.t95(0))
 
 
 def test_table3_statistics_match_a_hand_computation(tmp_path):

@@ -14,7 +14,8 @@ from conftest import ROOT, TINY_MODEL, train_spec
 
 from advss import data as D
 from advss.attacks import Threat
-from advss.ensemble_eval import member_sets, softmax_average
+from advss.protocol import member_sets
+from advss.evaluate import softmax_average
 from advss.evaluate import load_classifier
 from advss.evaluate import test_split as first_test_images  # not "test_*": pytest would collect it
 
@@ -73,8 +74,7 @@ def test_transfer_diagonal_and_one_member_ensemble_match_evaluate(tiny_data, two
 
 
 def test_white_box_pgd_on_the_ensemble_beats_a_transferred_attack(tiny_data, two_models):
-    from advss.train import evaluate
-    from advss.transfer import craft
+    from advss.evaluate import craft, evaluate
 
     data = D.load(tiny_data, "cpu")
     x, y = first_test_images(data, None)                     # all 100 test images

@@ -49,7 +49,7 @@ N_TARGET_CLASSES = 9  # APGD-T targets in the standard version
 SQUARE_QUERIES = 5000  # Square budget in the standard version
 SQUARE_P_INIT = 0.8  # initial fraction of pixels per square (standard version)
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")  # the standard version, in its order
-STANDARD_BUDGET = {"n_iter": 100, "n_target_classes": 9, "n_queries": 5000, "fab_n_iter": 100}
+from advss.protocol import AUTOATTACK_STANDARD_BUDGET as STANDARD_BUDGET  # noqa: E402  (the workflow checks it at parse time)
 
 
 @contextlib.contextmanager

@@ -1,74 +1,47 @@
-"""Tasks as plug-ins: each turns a batch of images into (inputs, targets) on the
-device, owns its head and its loss, and keeps any state (jigsaw's permutation
-table) in the checkpoint.
+"""The task registry: every task the training loop can train, by name.
 
-Interface of a task:
-    name, n_classes
-    make_batch(x, y, gen) -> (inputs, targets)    inputs are images in [0,1]
-    build_head(trunk) -> nn.Module
-    loss(model, inputs, targets) -> (per-example loss, logits)
-    correct(logits, targets) -> bool per example
-    state() -> dict of tensors/ints stored in the checkpoint
-    transfer_prefixes: the trunk keys this task trains (Selfie leaves layer4 alone)
-Classification is one more task, so one training loop serves pretraining and
-fine-tuning alike.
+A task (interface: `advss.pretext.base.Task`) turns a batch of images into (inputs,
+targets), owns its head and its loss, and keeps any state in the checkpoint. A new
+pretext task is one module in this package plus one line in TASKS.
 """
 from __future__ import annotations
 
-import torch.nn as nn
-import torch.nn.functional as F
+from advss.models import Model, build_trunk
+from advss.pretext.base import Classification, Task
+from advss.pretext.ensemble import Ensemble
+from advss.pretext.jigsaw import Jigsaw
+from advss.pretext.rotation import Rotation
+from advss.pretext.rotaux import RotAux
+from advss.pretext.selfie import Selfie
 
+__all__ = ["TASKS", "Task", "Classification", "build_task", "build"]
 
-class Task:
-    name = "task"
-    n_classes = 0
-    transfer_prefixes = ("trunk.",)
-
-    def make_batch(self, x, y, gen):
-        raise NotImplementedError
-
-    def build_head(self, trunk) -> nn.Module:
-        return nn.Linear(trunk.out_dim, self.n_classes)
-
-    def loss(self, model, inputs, targets):
-        logits = model(inputs)
-        return F.cross_entropy(logits, targets, reduction="none"), logits
-
-    def correct(self, logits, targets):
-        return logits.argmax(-1) == targets
-
-    def state(self) -> dict:
-        return {}
-
-    def export(self, model):
-        """The model a checkpoint holds; a task may drop parts that only serve training."""
-        return model
-
-
-class Classification(Task):
-    """The downstream task: labels are given, inputs are the images themselves."""
-
-    name = "classification"
-
-    def __init__(self, n_classes: int):
-        self.n_classes = n_classes
-
-    def make_batch(self, x, y, gen):
-        return x, y
+# name -> task class; each is built as cls(**cfg[name], state=state), or with the
+# number of classes first where it classifies (`needs_classes`).
+TASKS = {
+    "rotation": Rotation,
+    "jigsaw": Jigsaw,
+    "selfie": Selfie,
+    "ensemble": Ensemble,  # Table 5's three-branch task
+    "rotaux": RotAux,  # the one-shot AT + rotation baseline (Hendrycks et al. 2019)
+    # --- more tasks register here, one line each: "name": Class, ---
+}
 
 
 def build_task(name: str, cfg: dict, num_classes: int | None = None, state: dict | None = None) -> Task:
-    from advss.pretext.jigsaw import Jigsaw
-    from advss.pretext.rotation import Rotation
-    from advss.pretext.selfie import Selfie
-
-    tasks = {"rotation": Rotation, "jigsaw": Jigsaw, "selfie": Selfie}
     if name == "classification":
         return Classification(num_classes)
-    if name == "ensemble":  # Table 5's three-branch task; lazy, it builds its members with this function
-        return __import__("advss.pretext.ensemble", fromlist=["Ensemble"]).Ensemble(**cfg.get(name, {}), state=state)
-    if name == "rotaux":  # the one-shot AT + rotation baseline (Hendrycks et al. 2019); lazy, advss/rotaux.py
-        return __import__("advss.rotaux", fromlist=["RotAux"]).RotAux(num_classes, **cfg.get(name, {}), state=state)
-    if name not in tasks:
-        raise ValueError(f"unknown task {name!r}; choose from {sorted(tasks)} or 'classification'")
-    return tasks[name](**cfg.get(name, {}), state=state)
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)} or 'classification'")
+    cls = TASKS[name]
+    if getattr(cls, "needs_classes", False):
+        return cls(num_classes, **cfg.get(name, {}), state=state)
+    return cls(**cfg.get(name, {}), state=state)
+
+
+def build(spec: dict, num_classes: int, task_state=None):
+    """The (Model, Task) pair a spec describes: the task first, then the trunk, then the
+    task's head on it (this order fixes the random draws of the initialisation)."""
+    task = build_task(spec["task"], spec.get("pretext", {}), num_classes, state=task_state)
+    trunk = build_trunk(spec["model"])
+    return Model(trunk, task.build_head(trunk)), task

@@ -21,9 +21,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from advss.pretext import Task, build_task
+from advss.pretext.base import Task
+from advss.pretext.jigsaw import Jigsaw
+from advss.pretext.rotation import Rotation
+from advss.pretext.selfie import Selfie
 
 MEMBERS = ("rotation", "jigsaw", "selfie")
+MEMBER_TASKS = {"rotation": Rotation, "jigsaw": Jigsaw, "selfie": Selfie}
 SHARED = ("trunk.stem.", "trunk.layer1.", "trunk.layer2.", "trunk.layer3.")
 
 
@@ -74,7 +78,9 @@ class Ensemble(Task):
         self.tasks = {}
         for m in members:
             own = {k[len(m) + 1:]: v for k, v in state.items() if k.startswith(m + ".")}
-            self.tasks[m] = build_task(m, pretext or {}, state=own)
+            if m not in MEMBER_TASKS:
+                raise ValueError(f"unknown task {m!r}; choose from {sorted(MEMBER_TASKS)} or 'classification'")
+            self.tasks[m] = MEMBER_TASKS[m](**(pretext or {}).get(m, {}), state=own)
         self.members = tuple(members)
         # widths of each member's (targets, logits) slice in the packed tensors
         self._t_width = {m: self.tasks[m].n_masked if m == "selfie" else 1 for m in members}

@@ -2,7 +2,7 @@
 by one of a fixed table of permutations; predict which (identity = class 0)."""
 import torch
 
-from advss.pretext import Task
+from advss.pretext.base import Task
 
 
 def patchify(x, grid):

@@ -1,7 +1,7 @@
 """Rotation (Gidaris et al. 2018): predict k of a k·90° rotation, 4 classes."""
 import torch
 
-from advss.pretext import Task
+from advss.pretext.base import Task
 
 
 class Rotation(Task):

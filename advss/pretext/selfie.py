@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from advss.pretext import Task
+from advss.pretext.base import Task
 from advss.pretext.jigsaw import patchify
 
 

@@ -1,4 +1,4 @@
-# Input helpers of rules/claims.smk (functions only).
+# The claims table's inputs (functions only); report_inputs.smk registers the table.
 
 
 def claims_inputs(wildcards):

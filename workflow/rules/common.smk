@@ -1,6 +1,8 @@
-# Config loading, validation and the helpers every rule uses (functions only).
+# Config loading, validation and the helpers every rule uses (functions only). At parse
+# time the workflow imports only advss.protocol and advss.classmap (no torch, fast).
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -63,20 +65,35 @@ def check_config(cfg):
         raise WorkflowError(f"invalid config ({_config_files()}):\n  - " + "\n  - ".join(problems))
 
 
+def validate_schema(data, schema):
+    """Snakemake's validate (defaults filled in) against workflow/schemas/<schema>, with the
+    schema's task enum ($defs/task) set to P.TASKS: the task names are written once, in
+    advss/protocol.py. The derived schema is written to a temporary file for validate()."""
+    import yaml
+
+    doc = yaml.safe_load(Path(workflow.basedir, "schemas", schema).read_text())
+    if "task" in doc.get("$defs", {}):
+        doc["$defs"]["task"] = {**doc["$defs"]["task"], "enum": list(P.TASKS)}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, schema)
+        path.write_text(json.dumps(doc))
+        validate(data, schema=str(path))
+
+
 def validate_section(key, schema):
-    """Validate config[key] (a feature's own section) against its own schema file,
-    relative to the calling rule file; a missing section means 'feature off'."""
+    """Validate config[key] (a feature's own section) against its own schema file
+    (workflow/schemas/<schema>); a missing section means 'feature off'."""
     if key not in config:
         return False
     try:
-        validate(config[key], schema=schema)
+        validate_schema(config[key], schema)
     except WorkflowError as e:
         raise WorkflowError(f"invalid config ({_config_files()}), section {key!r}: {e}") from None
     return True
 
 
 try:
-    validate(config, schema="../schemas/config.schema.yaml")
+    validate_schema(config, "config.schema.yaml")
 except WorkflowError as e:
     raise WorkflowError(f"invalid config ({_config_files()}): {e}") from None
 check_config(config)
@@ -88,9 +105,6 @@ SCENARIOS = [tuple(s) for s in config["finetune"]["scenarios"]]
 FT_JOBS = P.scenario_jobs(SCENARIOS, TASKS)  # unique (src, ft); P1 shared by tasks
 PT_JOBS = P.pretrain_jobs(SCENARIOS, TASKS)
 DATA = f"results/{RUN}/data/dataset.pt"
-# What all_tables / all_figures build; feature rule files append their own names.
-TABLES = ["table3"]
-FIGURES = ["figure1"]
 
 
 # ------------------------------------------------------------------ specs
@@ -113,6 +127,18 @@ def data_spec(wildcards=None):
 
 
 def pretrain_spec(wildcards):
+    """The spec of any pretrained-model id: one task's P2/P3 here, Table 5's ensembles
+    (ensemble_inputs.smk) or the ablations' pool and smoothing runs (ablations_inputs.smk)."""
+    kind = P.pretrain_kind(wildcards.pt)
+    if kind == "ensemble":
+        return ensemble_pretrain_spec(wildcards)
+    if kind == "ablation":
+        return ablation_pretrain_spec(wildcards)
+    return task_pretrain_spec(wildcards)
+
+
+def task_pretrain_spec(wildcards):
+    """P2 (standard) or P3 (adversarial) pretraining of one pretext task."""
     task, mode = P.parse_pt(wildcards.pt)
     adv = mode == "adv"
     pc = config["pretrain"]
@@ -154,7 +180,7 @@ def finetune_spec(wildcards):
         "val_max": fc.get("val_max"),
         "revision": {k: P.REVISION[k] for k in ("pgd", "train")},
     }
-    if wildcards.ft == P.BASELINE_FT:  # the one-shot AT + rotation baseline (rules/ablations.smk)
+    if wildcards.ft == P.BASELINE_FT:  # the one-shot AT + rotation baseline (rotaux_spec, rules/ablations_inputs.smk)
         spec = rotaux_spec(spec)
     return _dump(spec)
 
@@ -170,8 +196,6 @@ def evaluate_spec(wildcards):
 
 
 def report_spec(wildcards=None):
-    from advss.io import spec_hash
-
     return _dump({
         "run": RUN,
         "run_dir": f"results/{RUN}",
@@ -179,13 +203,18 @@ def report_spec(wildcards=None):
         "scenarios": [list(s) for s in SCENARIOS],
         "seeds": SEEDS,
         "eval_steps": config["threat"]["eval_steps"],
-        "config_hash": spec_hash(config),
+        "config_hash": P.spec_hash(config),
         "extra_points": FIGURE1_EXTRA,
         "autoattack_n": ((config.get("robustness") or {}).get("autoattack") or {}).get("n_examples"),
     })
 
 
 # ------------------------------------------------------------------ inputs
+def pretrain_data(wildcards):
+    """The images a pretraining reads: the run's dataset, or a Table 7 pool (ablations_inputs.smk)."""
+    return ablation_data(wildcards) if P.pretrain_kind(wildcards.pt) == "ablation" else DATA
+
+
 def finetune_init(wildcards):
     """The pretrained model a fine-tuning job starts from (none for P1 'scratch')."""
     if wildcards.src == "scratch":
@@ -205,21 +234,9 @@ def finetune_results(name, jobs=None):
     ]
 
 
-def table3_inputs(wildcards):
-    # AA (rules/robustness_inputs.smk, included later) is defined by the time the DAG is built
-    aa = finetune_results("eval/autoattack.json", robustness_jobs(AA)) if AA else []
-    return finetune_results("test.json") + finetune_results("meta.json") + aa
-
-
 # Figure 1's "Ensemble pretrain" point: AP+DPE fine-tuned with F4, when the ensemble feature is on.
 FIGURE1_EXTRA = [[f"Ensemble pretrain: {P.ENSEMBLE_DPE[s][1]}", P.ensemble_dpe_id(s)]  # the +1 model where trained
                  for s in P.ensemble_signs(config["ensemble"])[:1]] if config.get("ensemble") else []
-
-
-def figure1_inputs(wildcards):
-    jobs = [("scratch", "full-adv")] + [(P.pretrain_id(t, "P3"), "full-adv") for t in TASKS]
-    jobs += [(src, "full-adv") for _, src in FIGURE1_EXTRA]
-    return finetune_results("test.json", jobs) + finetune_results("meta.json", jobs)
 
 
 # ------------------------------------------------------------------ resources
@@ -229,3 +246,10 @@ def train_runtime(wildcards, attempt):
     epochs = config["finetune"]["epochs"] if "ft" in wildcards.keys() else config["pretrain"]["epochs"]
     per_epoch = 2 if config["model"]["arch"] == "resnet50" else 0.5
     return int(30 + per_epoch * epochs * attempt)
+
+
+def pretrain_runtime(wildcards, attempt):
+    """Minutes for a pretraining job: Table 5's ensembles take their own (ensemble_inputs.smk)."""
+    if P.pretrain_kind(wildcards.pt) == "ensemble":
+        return ensemble_runtime(wildcards, attempt)
+    return train_runtime(wildcards, attempt)

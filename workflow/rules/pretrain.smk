@@ -1,7 +1,9 @@
-# Self-supervised pretraining of one pretext task: P2 (std) or P3 (adv).
+# Self-supervised pretraining, one rule for every pretrained-model id (P.PRETRAIN_RE):
+# P2 (std) or P3 (adv) of one task, Table 5's ensemble-<variant> and the ablations'
+# <task>-adv-n<size> (a pool) and <task>-smooth; `pretrain_spec` (common.smk) picks the spec.
 rule pretrain:
     input:
-        data=rules.prepare_data.output.data,
+        data=pretrain_data,
     output:
         model="results/{run}/pretrain/{pt}/seed{seed}/model.pt",
         metrics="results/{run}/pretrain/{pt}/seed{seed}/metrics.csv",
@@ -14,7 +16,7 @@ rule pretrain:
     threads: 1
     resources:
         gpu=1,
-        runtime=train_runtime,
+        runtime=pretrain_runtime,
     conda:
         "../../environment.yml"
     message:

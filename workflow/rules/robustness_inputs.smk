@@ -1,10 +1,8 @@
+# Robustness beyond PGD (config.robustness): AutoAttack, the unforeseen attacks of
+# Kang et al. 2019 (Figures 3–4) and CIFAR-10-C, per fine-tuned model; their tables
+# and figures. A missing section, or a part with `enabled: false`, adds nothing.
 # Config and input helpers of rules/robustness.smk (functions only).
-import sys
-
-from advss import robustness as R
-from advss.io import AdvssError
-
-if validate_section("robustness", "../schemas/robustness.schema.yaml"):
+if validate_section("robustness", "robustness.schema.yaml"):
     ROBUSTNESS = config["robustness"]
 else:
     ROBUSTNESS = {}
@@ -19,13 +17,13 @@ def robustness_part(name):
 AA = robustness_part("autoattack")
 if AA:
     try:
-        R.autoattack_settings(AA)  # 'standard' with a non-standard budget: refuse before any job
-    except AdvssError as e:
+        P.autoattack_settings(AA)  # 'standard' with a non-standard budget: refuse before any job
+    except ValueError as e:
         raise WorkflowError(f"invalid config ({_config_files()}): {e}") from None
 UF = robustness_part("unforeseen")
 CC = robustness_part("corruptions")
 # Figure 3 compares with the one-shot AT + rotation-auxiliary baseline, which exists
-# only when the ablations section asks for it (rules/ablations.smk trains it).
+# only when the ablations section asks for it (ablations_inputs.smk specs it).
 ROTAUX_ON = "baseline" in (config.get("ablations") or {})
 
 
@@ -38,7 +36,7 @@ def robustness_jobs(part):
 def unforeseen_jobs():
     """(P3,F4) of every task (Figure 4) and, when known, the rotation-auxiliary baseline (Figure 3)."""
     jobs = [(P.pretrain_id(t, "P3"), P.finetune_id("F4")) for t in TASKS]
-    return jobs + ([R.ROTAUX] if ROTAUX_ON else [])
+    return jobs + ([P.ROTAUX] if ROTAUX_ON else [])
 
 
 def robustness_spec(wildcards):
@@ -51,7 +49,7 @@ def robustness_spec(wildcards):
         "n_examples": ROBUSTNESS[suite].get("n_examples"),
         "batch_size": ROBUSTNESS.get("batch_size", 256),
         suite: part,
-        "revision": {"robustness": R.REVISION, "pgd": P.REVISION["pgd"]},
+        "revision": {"robustness": P.ROBUSTNESS_REVISION, "pgd": P.REVISION["pgd"]},
     }
     spec.pop("fast", None)  # attacks run in fp32 always: the GPU fast-path settings do not apply
     if suite != "autoattack":
@@ -101,7 +99,7 @@ def unforeseen_inputs(wildcards):
 
 
 def figure3_inputs(wildcards):
-    return finetune_results("eval/unforeseen.json", [(P.pretrain_id("rotation", "P3"), P.finetune_id("F4")), R.ROTAUX])
+    return finetune_results("eval/unforeseen.json", [(P.pretrain_id("rotation", "P3"), P.finetune_id("F4")), P.ROTAUX])
 
 
 def figure4_inputs(wildcards):

@@ -1,13 +1,16 @@
-# Config checks and helpers of rules/ablations.smk (functions only: Snakemake's linter
+# Ablations: Table 7 (AT pretraining on unlabeled pools of several sizes), Table 8
+# (random-smoothing pretraining instead of AT) and the one-shot baseline (AT with an
+# auxiliary rotation loss, Hendrycks et al. 2019). Each sub-section of `ablations` turns
+# its part on. Config checks, specs and input helpers (functions only: Snakemake's linter
 # asks for rules and functions in separate files).
 # data.imagefolder (R-ImageNet), the dataset kind of this feature
 if config["data"]["name"] == "imagefolder":
     try:
-        validate(config["data"].get("imagefolder", {}), schema="../schemas/imagefolder.schema.yaml")
+        validate_schema(config["data"].get("imagefolder", {}), "imagefolder.schema.yaml")
     except WorkflowError as e:
         raise WorkflowError(f"invalid config ({_config_files()}), data.imagefolder: {e}") from None
 
-ABL = config["ablations"] if validate_section("ablations", "../schemas/ablations.schema.yaml") else {}
+ABL = config["ablations"] if validate_section("ablations", "ablations.schema.yaml") else {}
 for _part in ("pool", "smoothing"):
     _extra = sorted(set(ABL.get(_part, {}).get("tasks", [])) - set(TASKS))
     if _extra:
@@ -16,9 +19,6 @@ for _part in ("pool", "smoothing"):
 if ABL.get("pool", {}).get("source", "train") != "train" and not ABL["pool"].get("path"):
     raise WorkflowError(f"invalid config ({_config_files()}): ablations.pool.source "
                         f"{ABL['pool']['source']!r} needs ablations.pool.path")
-
-TABLES += [t for t, part in (("table7", "pool"), ("table8", "smoothing"), ("table_rotaux", "baseline")) if part in ABL]
-FIGURES += ["figure_pool"] if "pool" in ABL else []
 
 
 # ------------------------------------------------------------------ specs
@@ -38,25 +38,26 @@ def pool_spec(wildcards=None):
 
 
 def ablation_pretrain_spec(wildcards):
-    """The P3 (pool) or P2 (smoothing) pretraining spec of common.smk, with the ablated part."""
-    task, kind = wildcards.abl.split("-", 1)
+    """The P3 (pool) or P2 (smoothing) pretraining spec of common.smk, with the ablated part
+    (pt '<task>-adv-n<size>' or '<task>-smooth')."""
+    task, kind = wildcards.pt.split("-", 1)
     if kind == "smooth":
         sc = ABL["smoothing"]
-        spec = json.loads(pretrain_spec(_wildcards(pt=f"{task}-std", seed=wildcards.seed)))
+        spec = json.loads(task_pretrain_spec(_wildcards(pt=f"{task}-std", seed=wildcards.seed)))
         spec["objective"] = {"kind": "smoothing", "sigma": sc.get("sigma", 0.25)}  # Cohen et al. 2019
         spec["epochs"] = sc.get("epochs") or spec["epochs"]
     else:
         pc = ABL["pool"]
-        spec = json.loads(pretrain_spec(_wildcards(pt=f"{task}-adv", seed=wildcards.seed)))
+        spec = json.loads(task_pretrain_spec(_wildcards(pt=f"{task}-adv", seed=wildcards.seed)))
         spec["pool"] = {**json.loads(pool_spec()), "size": int(kind.split("-n")[1])}
         spec["epochs"] = pc.get("epochs") or spec["epochs"]
     return _dump(spec)
 
 
 def ablation_data(wildcards):
-    if wildcards.abl.endswith("-smooth"):
+    if wildcards.pt.endswith("-smooth"):
         return DATA
-    return f"results/{RUN}/data/pool-n{wildcards.abl.split('-n')[1]}.pt"
+    return f"results/{RUN}/data/pool-n{wildcards.pt.split('-n')[1]}.pt"
 
 
 def pool_source(wildcards):

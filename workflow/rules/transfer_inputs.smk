@@ -1,12 +1,9 @@
-# Transfer attacks and ensembles: config section, spec builders and input helpers for rules/transfer.smk
-# (rule files hold rules only, helpers live here, as --lint asks).
-XFER = config["transfer"] if validate_section("transfer", "../schemas/transfer.schema.yaml") else {}
-# Table 6 needs at least one pair of tasks, Figure 5 a source and two targets.
-TABLES += (["table4"] + (["table6"] if len(TASKS) >= 2 else [])) if XFER else []
-FIGURES += ["figure5"] if XFER and len(TASKS) >= 3 else []
+# Transfer attacks between the per-task fine-tuned models (Table 4, Figure 5) and
+# ensembles of them with averaged softmax (Table 6). The `transfer` section turns it on.
+# Config section, spec builders and input helpers (functions only, as --lint asks).
+XFER = config["transfer"] if validate_section("transfer", "transfer.schema.yaml") else {}
 XFER_P, XFER_F = XFER.get("scenario", ["P3", "F4"])
 XFER_FT = P.finetune_id(XFER_F)
-MEMBERS_RE = r"(rotation|jigsaw|selfie)(\+(rotation|jigsaw|selfie))*"
 
 
 def scenario_model(task, seed):
@@ -38,9 +35,7 @@ def transfer_results(wildcards):
 
 
 def table6_inputs(wildcards):
-    from advss.ensemble_eval import member_sets
-
-    sets = member_sets(TASKS)
+    sets = P.member_sets(TASKS)
     # the AutoAttack column for the ensembles robustness.autoattack.ensembles names
     aa_sets = ["+".join(sorted(m)) for m in (AA or {}).get("ensembles") or []]
     aa = [f"results/{RUN}/ensembles/{m}/autoattack-seed{s}.json" for m in sets if m in aa_sets for s in SEEDS]

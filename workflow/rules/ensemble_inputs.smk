@@ -1,7 +1,11 @@
-# Ensemble pretraining: config section, spec builders and input helpers for rules/ensemble.smk
-# (rule files hold rules only, helpers live here, as --lint asks).
-ENS = config["ensemble"] if validate_section("ensemble", "../schemas/ensemble.schema.yaml") else {}
-TABLES += ["table5"] if ENS else []
+# Ensemble adversarial pretraining (paper eq. 2–4): AP+SE (α = 0) and AP+DPE (α > 0; +α·g as
+# 'ensemble-dpe', −α·g as 'ensemble-dpe-neg') on one shared trunk, trained by the `pretrain`
+# rule (pt = ensemble-<variant>), fine-tuned by the ordinary `finetune` rule, and Table 5.
+# The `ensemble` section turns it on; `ensemble.signs` picks the AP+DPE signs.
+# Config section, spec builders and input helpers (functions only).
+ENS = config["ensemble"] if validate_section("ensemble", "ensemble.schema.yaml") else {}
+if ENS:
+    ENS.setdefault("members", list(P.TASKS))  # the schema's default: every pretext task
 ENS_SIGNS = P.ensemble_signs(ENS) if ENS else []  # AP+DPE's signs of α·g, one pretraining each
 ENS_VARIANT_SIGN = {variant: s for s, (variant, _) in P.ENSEMBLE_DPE.items()}  # "dpe": +1, "dpe-neg": -1
 
@@ -9,11 +13,12 @@ ENS_VARIANT_SIGN = {variant: s for s, (variant, _) in P.ENSEMBLE_DPE.items()}  #
 def ensemble_pretrain_spec(wildcards):
     """The one training loop on the 'ensemble' task with the 'ensemble' objective;
     AP+SE's spec leaves out sign and ridge, which do not act at α = 0; the variant
-    ('dpe' or 'dpe-neg') sets AP+DPE's sign."""
+    (pt 'ensemble-dpe' or 'ensemble-dpe-neg') sets AP+DPE's sign."""
     members = ENS["members"]
+    variant = wildcards.pt.removeprefix("ensemble-")
     objective = {"kind": "ensemble", "alpha": 0.0, "mix": config["pretrain"].get("adv_mix", "clean+adv")}
-    if wildcards.variant != "se":
-        objective.update(alpha=ENS["alpha"], sign=ENS_VARIANT_SIGN[wildcards.variant], ridge=ENS["ridge"])
+    if variant != "se":
+        objective.update(alpha=ENS["alpha"], sign=ENS_VARIANT_SIGN[variant], ridge=ENS["ridge"])
     return _dump({
         **_common_spec(wildcards.seed),
         "task": "ensemble",

@@ -10,7 +10,7 @@ PGD maximises the same joint loss, as in the reference attack. With BatchNorm in
 mode the examples are independent, so the class term's attack is plain PGD on CE and
 the validation RA the loop reports is the classifier's RA.
 
-Its fine-tuning id is `full-adv-rotaux` (src `scratch`): the ordinary `finetune` rule with
+Registered as task 'rotaux' in advss.pretext.TASKS. Its fine-tuning id is `full-adv-rotaux` (src `scratch`): the ordinary `finetune` rule with
 the task set by `rotaux_spec` (rules/ablations.smk). The checkpoint keeps only the
 classification part (`export`: trunk + linear head), so it loads as a classifier in
 `advss.evaluate.load_classifier` and is evaluated like any fine-tuned model.
@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from advss.models import Model
-from advss.pretext import Task
+from advss.pretext.base import Task
 from advss.pretext.rotation import rotate
 
 
@@ -39,6 +39,7 @@ class RotAux(Task):
     """Classification + rotation prediction; targets are (label, k) pairs."""
 
     name = "rotaux"
+    needs_classes = True  # built as RotAux(num_classes, ...)
 
     def __init__(self, n_classes: int, rot_weight: float = 0.5, state=None):
         self.n_classes, self.rot_weight = n_classes, float(rot_weight)

@@ -1,4 +1,6 @@
-"""Tables (CSV, Markdown, LaTeX) and figures (PNG, PDF) built from result files only.
+"""What every table and figure shares: aggregation over seeds (mean, std, 95% t-interval),
+cell formatting, and the writers of tables (CSV, Markdown, LaTeX, HTML) and figures
+(PNG, PDF). The builders themselves are in advss.report.
 
 Every table puts the measured numbers next to the paper's. With several seeds a
 cell shows mean ± std over seeds and the CSV adds n and a 95% t-interval.
@@ -10,8 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from advss import protocol as P
-from advss.io import AdvssError, atomic_path, read_json, write_text
+from advss.io import atomic_path, write_text
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (1..30); normal beyond.
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -128,13 +129,14 @@ def _html(df: pd.DataFrame, caption: str) -> str:
 
 def write_table(display: pd.DataFrame, csv_df: pd.DataFrame, prefix, caption: str):
     """`display` (formatted strings) goes to .md, .tex and .html (for the report);
-    `csv_df` (numbers) to .csv."""
+    `csv_df` (numbers) to .csv. Returns `csv_df`, the builders' return value."""
     prefix = Path(prefix)
     with atomic_path(prefix.with_suffix(".csv")) as tmp:
         csv_df.to_csv(tmp, index=False)
     write_text(prefix.with_suffix(".md"), _markdown(display, caption))
     write_text(prefix.with_suffix(".tex"), _latex(display, caption, prefix.name))
     write_text(prefix.with_suffix(".html"), _html(display, caption))
+    return csv_df
 
 
 def save_figure(fig, prefix):
@@ -142,114 +144,3 @@ def save_figure(fig, prefix):
     for ext in ("png", "pdf"):
         with atomic_path(prefix.with_suffix(f".{ext}")) as tmp:
             fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
-
-
-# -------------------------------------------------------------- result access
-def finetune_dir(run_dir, src, ft, seed) -> Path:
-    return Path(run_dir) / "finetune" / src / ft / f"seed{seed}"
-
-
-def finetune_result(run_dir, src, ft, seed) -> dict:
-    d = finetune_dir(run_dir, src, ft, seed)
-    from advss.robustness import autoattack_column
-
-    test, meta = read_json(d / "test.json"), read_json(d / "meta.json")
-    aa = autoattack_column(run_dir, src, ft, seed)  # eval/autoattack.json beside test.json, when run
-    return {"ta": 100 * test["ta"], "ra": 100 * test["ra"], "ra_aa": float("nan") if aa is None else aa,
-            "epochs": meta["epochs_to_best"], "epochs_run": meta["epochs_run"], "config_hash": meta["spec_hash"]}
-
-
-# -------------------------------------------------------------- Table 3
-def table3_frame(spec: dict) -> pd.DataFrame:
-    rows = []
-    for p, f in spec["scenarios"]:
-        for t in spec["tasks"]:
-            for seed in spec["seeds"]:
-                r = finetune_result(spec["run_dir"], P.source_id(t, p), P.finetune_id(f), seed)
-                rows.append({"scenario": f"({p},{f})", "task": P.TASK_LABEL[t], "seed": seed, **r})
-    return pd.DataFrame(rows)
-
-
-def table3(spec: dict, prefix):
-    per_seed = table3_frame(spec)
-    agg = aggregate(per_seed, ["scenario", "task"], ["ta", "ra", "ra_aa", "epochs"])
-    paper = [P.PAPER_TABLE3[t.lower()].get(s.strip("()").replace(",", ""), (None,) * 3)
-             for s, t in zip(agg["scenario"], agg["task"])]
-    agg["paper_ta"], agg["paper_ra"], agg["paper_epochs"] = zip(*paper)
-    display = pd.DataFrame({"Scenario": agg["scenario"], "Task": agg["task"], **result_columns(agg)})
-    n = int(agg["n_seeds"].min())
-    if agg["n_seeds"].max() > 1:  # one seed keeps the single-seed table as it was
-        display.insert(2, "n", agg["n_seeds"].astype(int))
-    aa_note = autoattack_note(display, spec.get("autoattack_n"))
-    agg = drop_empty(agg)
-    caption = (f"Table 3 ({spec['run']}): test TA / RA (PGD-{spec['eval_steps']}, %) of the checkpoint with the best "
-               f"validation RA (AT fine-tuning) or TA (ST fine-tuning), and the epoch it was reached, {seeds_phrase(n)}; "
-               f"paper values (CIFAR-10, ResNet-50) beside. P1 rows are shared by the three tasks.{aa_note} "
-               f"config {spec['config_hash']}")
-    write_table(display, agg, prefix, caption)
-    return agg
-
-
-# -------------------------------------------------------------- Figure 1
-def figure1(spec: dict, prefix):
-    """TA against RA of the (P3,F4) models and the (P1,F4) baseline; marker area ∝
-    epochs to the best validation RA, as in the paper's Figure 1."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [("Baseline (P1,F4)", "scratch")] + [(f"{P.TASK_LABEL[t]} (P3,F4)", P.pretrain_id(t, "P3"))
-                                                  for t in spec["tasks"]]
-    points += [(label, src) for label, src in spec.get("extra_points", [])]
-    per_seed = pd.DataFrame([{"label": label, **finetune_result(spec["run_dir"], src, "full-adv", s)}
-                             for label, src in points for s in spec["seeds"]])
-    agg = aggregate(per_seed, ["label"], ["ta", "ra", "epochs"])
-    n = int(agg["n_seeds"].min())
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    for r, color in zip(agg.itertuples(index=False), plt.cm.tab10.colors):
-        if r.n_seeds > 1:  # error bars: ± one standard deviation over seeds, as the tables
-            ax.errorbar(r.ra, r.ta, xerr=r.ra_std, yerr=r.ta_std, color=color, capsize=3, lw=1, zorder=1)
-        ax.scatter(r.ra, r.ta, s=40 + 25 * r.epochs, color=color, alpha=0.75, edgecolor="k", zorder=2,
-                   label=f"{r.label}: {r.epochs:.0f} ep")
-    ax.set_xlabel("robust accuracy RA (%)")
-    ax.set_ylabel("standard accuracy TA (%)")
-    seeds = f"mean ± std over {n} seeds" if n > 1 else "one seed"
-    ax.set_title(f"Figure 1 ({spec['run']}): marker area ∝ epochs to best RA; {seeds}\nconfig {spec['config_hash']}",
-                 fontsize=9)
-    ax.legend(fontsize=7, loc="best", markerscale=0.4)
-    ax.grid(alpha=0.3)
-    save_figure(fig, prefix)
-    plt.close(fig)
-
-
-# name -> "module:function"; feature modules own their tables and figures, and
-# importing only the one needed keeps each report job light.
-REGISTRY = {
-    "table3": "advss.report:table3",
-    "figure1": "advss.report:figure1",
-    # --- more tables and figures register here, one line each ---
-    "table4": "advss.transfer:table4",
-    "table5": "advss.ensemble:table5",
-    "table6": "advss.ensemble_eval:table6",
-    "figure5": "advss.transfer:figure5",
-    "autoattack": "advss.robustness:autoattack_table",
-    "unforeseen": "advss.robustness:unforeseen_table",
-    "cifar10c": "advss.robustness:cifar10c_table",
-    "figure3": "advss.robustness:figure3",
-    "figure4": "advss.robustness:figure4",
-    "table7": "advss.ablations:table7",
-    "table8": "advss.ablations:table8",
-    "table_rotaux": "advss.ablations:table_rotaux",
-    "figure_pool": "advss.ablations:figure_pool",
-    "claims": "advss.claims:table_claims",
-}
-
-
-def make(name: str, spec: dict, prefix):
-    import importlib
-
-    if name not in REGISTRY:
-        raise AdvssError(f"unknown table or figure {name!r}; choose from {sorted(REGISTRY)}")
-    module, fn = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), fn)(spec, prefix)

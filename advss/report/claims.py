@@ -1,0 +1,52 @@
+"""The claims table (advss.claims decides each claim; this writes the table)."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from advss.claims import MCNEMAR, claims_frame
+from advss.tables import fmt, write_table
+
+
+def fmt_p(p) -> str:
+    if p is None or math.isnan(p):
+        return "–"
+    return f"{p:.2g}" if p > 0 else "< 1e-300"  # 0.0: the exact p underflows a float
+
+
+def table_claims(spec: dict, prefix):
+    df = claims_frame(spec)
+    one_seed = bool((df["test"] == MCNEMAR).any())
+    display = pd.DataFrame({
+        "Claim": df["claim"], "Compared": df["task"],
+        "Difference": [fmt(m, s) for m, s in zip(df["diff_mean"], df["diff_std"])],
+        "95% CI": ["–" if math.isnan(lo) else f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(df["ci95_lo"], df["ci95_hi"])],
+        "n": df["n_seeds"],
+    })
+    if one_seed:
+        display["Test"] = ["–" if t == "none" else t for t in df["test"]]
+        display["b / c"] = ["–" if math.isnan(b) else f"{int(b)} / {int(c)}"
+                            for b, c in zip(df["mcnemar_b"], df["mcnemar_c"])]
+        display["p"] = [fmt_p(p) for p in df["p_value"]]
+    display["Verdict"] = df["verdict"]
+    display["Paper difference"] = [fmt(v) for v in df["paper_diff"]]
+    if one_seed:
+        caption = (f"Claims of the paper tested on {spec['run']}, one seed: difference A − B of the two sides of each "
+                   f"claim (RA or attack success rate in %, or epochs to best RA), from the per-example results of the "
+                   f"two models on the same test images. Test: {MCNEMAR}: b = images only A gets right (or only A's "
+                   f"attack succeeds on), c = the converse, p = the exact two-sided McNemar p-value (binomial on b, c), "
+                   f"95% CI = the exact interval of the difference given b + c (Clopper-Pearson on b/(b + c)), which "
+                   f"excludes 0 exactly when p < 0.05. It accounts for the sampling of test images "
+                   f"only, not for the variation between training seeds, which needs several seeds. A claim holds when "
+                   f"the difference is on the claimed side with p < 0.05, does not hold when it is on the other side "
+                   f"with p < 0.05, and is undecided otherwise; a claim that is not a per-example accuracy (epochs to "
+                   f"best) stays undecided with one seed. Paper difference from its CIFAR-10 ResNet-50 tables. "
+                   f"config {spec['config_hash']}")
+    else:
+        caption = (f"Claims of the paper tested on {spec['run']}: difference A − B of the two sides of each claim "
+                   f"(RA in %, or epochs to best RA), paired by seed, mean ± std over n seeds with the 95% t-interval "
+                   f"of its mean; a claim holds when the interval lies on the claimed side of 0, does not hold when it "
+                   f"lies on the other side, and is undecided otherwise (or with one seed). Paper difference from its "
+                   f"CIFAR-10 ResNet-50 tables. config {spec['config_hash']}")
+    return write_table(display, df, prefix, caption)

@@ -1,0 +1,103 @@
+"""The extension cost the README states, measured by doing it: in a copy of the package,
+a new pretext task (one module + one TASKS line) is pretrained through `python -m advss
+pretrain`, and a new table (one builder + one REGISTRY line) is built from its metrics
+through `python -m advss table`; the copy still passes the layering test, and exactly
+those four files differ from the original."""
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+
+from conftest import ROOT, train_spec
+
+TASK = '''"""Flip: predict whether the image is mirrored left-right (2 classes)."""
+import torch
+
+from advss.pretext.base import Task
+
+
+class Flip(Task):
+    name = "flip"
+    n_classes = 2
+
+    def __init__(self, state=None):
+        pass
+
+    def make_batch(self, x, y, gen):
+        k = torch.randint(0, 2, (len(x),), generator=gen, device=gen.device).to(x.device)
+        return torch.where(k[:, None, None, None].bool(), x.flip(-1), x), k
+'''
+
+TABLE = '''"""The pretraining curve of a run, one row per epoch."""
+import pandas as pd
+
+from advss.tables import write_table
+
+
+def curve(spec: dict, prefix):
+    df = pd.read_csv(spec["metrics"])
+    return write_table(df.astype(str), df, prefix, f"Pretraining curve, {len(df)} epochs")
+'''
+
+MARK_TASK = "    # --- more tasks register here"
+MARK_TABLE = "    # --- more tables and figures register here"
+
+
+def _add_line(path, marker, line, import_line):
+    s = path.read_text()
+    assert s.count(marker) == 1, f"{path}: the registry marker moved"
+    s = s.replace(marker, line + marker)
+    first_import = s.index("\nfrom advss")
+    path.write_text(s[:first_import + 1] + import_line + s[first_import + 1:])
+
+
+def _differing(a, b, rel=""):
+    """Files (relative paths) that are new in b or differ from a."""
+    cmp = filecmp.dircmp(a, b, ignore=["__pycache__"])
+    out = [os.path.join(rel, f) for f in cmp.right_only + cmp.diff_files]
+    for sub in cmp.common_dirs:
+        out += _differing(os.path.join(a, sub), os.path.join(b, sub), os.path.join(rel, sub))
+    return sorted(out)
+
+
+def test_a_new_task_and_a_new_table_cost_four_files(tmp_path, tiny_data):
+    copy = tmp_path / "advss"
+    shutil.copytree(ROOT / "advss", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "pretext" / "flip.py").write_text(TASK)
+    _add_line(copy / "pretext" / "__init__.py", MARK_TASK, '    "flip": Flip,\n', "from advss.pretext.flip import Flip\n")
+    (copy / "report" / "curves.py").write_text(TABLE)
+    _add_line(copy / "report" / "__init__.py", MARK_TABLE, '    "curve": curves.curve,\n',
+              "from advss.report import curves\n")
+    assert _differing(ROOT / "advss", copy) == ["pretext/__init__.py", "pretext/flip.py", "report/__init__.py",
+                                               "report/curves.py"]
+
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "advss", *a], cwd=tmp_path, env=env,  # noqa: E731
+                                    capture_output=True, text=True, timeout=600)
+    spec = train_spec(stage="pretrain", task="flip", epochs=2)
+    out = tmp_path / "out"
+    p = run("pretrain", "--spec", json.dumps(spec), "--data", str(tiny_data), "--out-model", str(out / "model.pt"),
+            "--out-metrics", str(out / "metrics.csv"), "--out-meta", str(out / "meta.json"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((out / "meta.json").read_text())["spec"]["task"] == "flip"
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert len(metrics) == 2 and (metrics["train_loss"] > 0).all()
+
+    p = run("table", "curve", "--spec", json.dumps({"metrics": str(out / "metrics.csv")}), "--out",
+            str(out / "tables" / "curve.md"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert {f.suffix for f in (out / "tables").iterdir()} == {".csv", ".md", ".tex", ".html"}
+    assert "Pretraining curve, 2 epochs" in (out / "tables" / "curve.md").read_text()
+
+    # the copy keeps the layering rules without a new entry in them
+    (tmp_path / "tests").mkdir()
+    shutil.copy(ROOT / "tests" / "test_layering.py", tmp_path / "tests")
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_layering.py"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:]

@@ -1,0 +1,157 @@
+"""The package's import structure: every module imports on its own, the import graph
+(read with `ast`, imports inside functions included) has no cycle, and every import
+points down the layers that the README's "How it is built" lists."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "advss"
+
+# Lower rank = lower layer; a module may import only modules of a strictly lower rank
+# (or, inside one package, the package's own lower modules: see `allowed`).
+LAYERS = [
+    ["advss"],  # the package itself: its version only
+    ["advss.protocol", "advss.classmap", "advss.step", "advss.fast"],  # base: no advss imports but protocol
+    ["advss.io"],  # files, seeds, devices, provenance
+    ["advss.imagefolder", "advss.models", "advss.tables"],  # image folders, models, table writers
+    ["advss.data"],
+    ["advss.pretext.base"],
+    ["advss.pretext.rotation", "advss.pretext.jigsaw"],
+    ["advss.pretext.selfie", "advss.pretext.rotaux"],
+    ["advss.pretext.ensemble"],
+    ["advss.pretext"],  # the task registry
+    ["advss.attacks"],  # PGD
+    ["advss.attacks.autoattack"],
+    ["advss.attacks.unforeseen"],
+    ["advss.corruptions", "advss.objectives"],
+    ["advss.evaluate"],  # the per-batch attack loops, ensembles, checkpoint loading
+    ["advss.train"],  # the one training loop
+    ["advss.results"],  # the result-path grammar and readers
+    ["advss.transfer", "advss.ensemble_eval", "advss.robustness", "advss.ablations", "advss.claims"],  # jobs
+    ["advss.report.finetuning", "advss.report.transfer", "advss.report.robustness", "advss.report.ablations",
+     "advss.report.claims"],
+    ["advss.report.ensembles"],
+    ["advss.report"],  # the registry of tables and figures
+    ["advss.cli", "advss.bench", "advss.gpucheck"],  # entry points
+    ["advss.__main__"],
+]
+RANK = {m: i for i, layer in enumerate(LAYERS) for m in layer}
+# A module added to one of these packages without a LAYERS entry sits with the named one
+# (a new pretext task with the tasks, a new table module with the builders, a new attack
+# with the unforeseen attacks), so that adding one touches no list here.
+PACKAGE_RANK = {"advss.pretext.": RANK["advss.pretext.rotaux"], "advss.report.": RANK["advss.report.finetuning"],
+                "advss.attacks.": RANK["advss.attacks.unforeseen"]}
+
+
+def rank(name: str) -> int | None:
+    if name in RANK:
+        return RANK[name]
+    return next((r for prefix, r in PACKAGE_RANK.items() if name.startswith(prefix)), None)
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PKG.rglob("*.py"))}
+
+
+def imports_of(name: str) -> set[str]:
+    """advss modules `name` imports anywhere in its source (top level or inside functions)."""
+    tree = ast.parse(MODULES[name].read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}  # `from advss import data`
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "__import__":
+            found.add("<__import__>")
+    return {m for m in found if m in MODULES or m == "<__import__>"} - {name}
+
+
+GRAPH = {m: imports_of(m) for m in MODULES}
+
+
+def test_every_module_imports_alone():
+    """One fresh interpreter; sys.modules is emptied of advss before each import, so
+    each module is imported as if it were the first."""
+    code = (
+        "import importlib, sys\n"
+        f"names = {sorted(MODULES)!r}\n"
+        "failed = []\n"
+        "for n in names:\n"
+        "    if n == 'advss.__main__':\n"
+        "        continue\n"
+        "    for k in [k for k in sys.modules if k == 'advss' or k.startswith('advss.')]:\n"
+        "        del sys.modules[k]\n"
+        "    try:\n"
+        "        importlib.import_module(n)\n"
+        "    except Exception as e:\n"
+        "        failed.append(f'{n}: {type(e).__name__}: {e}')\n"
+        "print('\\n'.join(failed))\n"
+        "sys.exit(1 if failed else 0)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_no_dynamic_imports():
+    """Registries hold real references: no __import__ tricks that hide an edge from the graph."""
+    assert not [m for m, deps in GRAPH.items() if "<__import__>" in deps]
+
+
+def find_cycle(graph: dict) -> list | None:
+    state, stack = {}, []
+
+    def visit(n):
+        state[n] = "open"
+        stack.append(n)
+        for d in sorted(graph.get(n, ())):
+            if state.get(d) == "open":
+                return stack[stack.index(d):] + [d]
+            if d not in state:
+                found = visit(d)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = "done"
+        return None
+
+    for n in sorted(graph):
+        if n not in state:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def test_find_cycle_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_import_graph_has_no_cycle():
+    graph = {m: {d for d in deps if d in MODULES} for m, deps in GRAPH.items()}
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_every_module_has_a_layer():
+    assert sorted(m for m in MODULES if rank(m) is None) == [], "add new modules to LAYERS (and to the README)"
+    assert sorted(set(RANK) - set(MODULES)) == []
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_imports_point_down(name):
+    up = sorted(d for d in GRAPH[name] if rank(d) is not None and rank(d) >= rank(name))
+    assert not up, f"{name} (layer {rank(name)}) imports {[(d, rank(d)) for d in up]}"
