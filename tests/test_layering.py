@@ -4,6 +4,7 @@ points down the layers that the README's "How it is built" lists."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,40 @@ def test_every_module_has_a_layer():
 def test_imports_point_down(name):
     up = sorted(d for d in GRAPH[name] if rank(d) is not None and rank(d) >= rank(name))
     assert not up, f"{name} (layer {rank(name)}) imports {[(d, rank(d)) for d in up]}"
+
+
+def readme_layers() -> list[list[str]]:
+    """The modules of each layer of the README's table ("From the bottom up"), resolved to
+    module names: a bare `x.py` after `pkg/y.py` in the same row is `pkg/x.py`, and a row
+    with an empty layer cell belongs to the layer above."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("From the bottom up"):text.index("Within a package")]
+    rows = []
+    for line in section.splitlines():
+        if not line.startswith("| ") or line.startswith("| layer"):
+            continue
+        names, folder = [], ""
+        for name in re.findall(r"`([\w/]+\.py)`", line):
+            name = name.removeprefix("advss/")
+            if "/" in name:
+                folder = name.rsplit("/", 1)[0]
+            elif folder and (PKG / folder / name).exists():
+                name = f"{folder}/{name}"
+            names.append(module_name(PKG / name))
+        if not names:  # the |---| line
+            continue
+        if line.split("|")[1].strip():
+            rows.append(names)
+        else:  # a row with an empty layer cell continues the layer above
+            rows[-1] += names
+    return rows
+
+
+@pytest.mark.skipif(not (ROOT / "README.md").exists(), reason="a copy of the package without its README")
+def test_readme_lists_every_module_in_layer_order():
+    rows = readme_layers()
+    listed = [m for row in rows for m in row]
+    assert sorted(set(MODULES) - set(listed)) == [], "modules missing from the README's layer table"
+    assert sorted(set(listed) - set(MODULES)) == [], "the README's layer table names modules that do not exist"
+    for lower, upper in zip(rows, rows[1:]):
+        assert max(rank(m) for m in lower) < min(rank(m) for m in upper), (lower, upper)
