@@ -140,7 +140,9 @@ def write_table(display: pd.DataFrame, csv_df: pd.DataFrame, prefix, caption: st
 
 
 def save_figure(fig, prefix):
+    """PNG and PDF; the PDF carries no creation date, so the same results give the same bytes."""
     prefix = Path(prefix)
     for ext in ("png", "pdf"):
         with atomic_path(prefix.with_suffix(f".{ext}")) as tmp:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight",
+                        metadata={"CreationDate": None} if ext == "pdf" else None)

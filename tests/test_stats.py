@@ -91,3 +91,23 @@ def test_figure1_has_error_bars_only_with_several_seeds(tmp_path, monkeypatch, s
         xerr = [c for c in ax.containers if isinstance(c, ErrorbarContainer)][0].lines[2][0].get_segments()[0]
         assert xerr[1][0] - xerr[0][0] == pytest.approx(2 / math.sqrt(2))
     assert (tmp_path / "f1.png").stat().st_size > 0 and (tmp_path / "f1.pdf").stat().st_size > 0
+
+
+def test_figures_are_byte_reproducible(tmp_path):
+    """The same figure saved twice (a second apart) gives the same PNG and PDF bytes."""
+    import time
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outs = []
+    for i in range(2):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1, 2], [3, 1, 2])
+        tables.save_figure(fig, tmp_path / f"f{i}")
+        plt.close(fig)
+        outs.append([(tmp_path / f"f{i}.{ext}").read_bytes() for ext in ("png", "pdf")])
+        time.sleep(1.1)  # the PDF date has one-second resolution
+    assert outs[0] == outs[1]
