@@ -1,8 +1,10 @@
-"""The extension cost the README states, measured by doing it: in a copy of the package,
+"""The extension cost the README states, measured by doing it in a copy of the package:
 a new pretext task (one module + one TASKS line) is pretrained through `python -m advss
-pretrain`, and a new table (one builder + one REGISTRY line) is built from its metrics
-through `python -m advss table`; the copy still passes the layering test, and exactly
-those four files differ from the original."""
+pretrain`; a new table (one builder + one REGISTRY line) is built from its metrics through
+`python -m advss table`; a new robustness suite (one evaluator + its EVALUATORS line in
+robustness.py, its name in protocol.ROBUSTNESS_SUITES) scores a fine-tuned model through
+`python -m advss robustness`. The copy still passes the layering test, and exactly those
+six files differ from the original."""
 from __future__ import annotations
 
 import filecmp
@@ -45,6 +47,25 @@ def curve(spec: dict, prefix):
     return write_table(df.astype(str), df, prefix, f"Pretraining curve, {len(df)} epochs")
 '''
 
+SUITE = '''
+
+def eval_noise(model, x, y, x_uint8, spec):
+    """Accuracy under Gaussian noise of std `noise.sigma` (seeded)."""
+    import torch
+
+    from advss.evaluate import predict_correct
+
+    gen = torch.Generator(device=x.device).manual_seed(int(spec["subset_seed"]))
+    noisy = (x + spec["noise"]["sigma"] * torch.randn(x.shape, generator=gen, device=x.device)).clamp(0, 1)
+    clean, ok = predict_correct(model, x, y, 64), predict_correct(model, noisy, y, 64)
+    return {"ta": clean.float().mean().item(), "acc": ok.float().mean().item()}, {"correct_clean": clean,
+                                                                                  "correct_noise": ok}
+
+
+EVALUATORS["noise"] = eval_noise
+'''
+SUITES_LINE = 'ROBUSTNESS_SUITES = ("autoattack", "unforeseen", "corruptions")'
+
 MARK_TASK = "    # --- more tasks register here"
 MARK_TABLE = "    # --- more tables and figures register here"
 
@@ -66,7 +87,7 @@ def _differing(a, b, rel=""):
     return sorted(out)
 
 
-def test_a_new_task_and_a_new_table_cost_four_files(tmp_path, tiny_data):
+def test_a_new_task_table_and_suite_cost_six_files(tmp_path, tiny_data):
     copy = tmp_path / "advss"
     shutil.copytree(ROOT / "advss", copy, ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "pretext" / "flip.py").write_text(TASK)
@@ -74,8 +95,13 @@ def test_a_new_task_and_a_new_table_cost_four_files(tmp_path, tiny_data):
     (copy / "report" / "curves.py").write_text(TABLE)
     _add_line(copy / "report" / "__init__.py", MARK_TABLE, '    "curve": curves.curve,\n',
               "from advss.report import curves\n")
-    assert _differing(ROOT / "advss", copy) == ["pretext/__init__.py", "pretext/flip.py", "report/__init__.py",
-                                               "report/curves.py"]
+    robustness = copy / "robustness.py"
+    robustness.write_text(robustness.read_text() + SUITE)
+    protocol = copy / "protocol.py"
+    assert protocol.read_text().count(SUITES_LINE) == 1, "protocol.ROBUSTNESS_SUITES moved"
+    protocol.write_text(protocol.read_text().replace(SUITES_LINE, SUITES_LINE[:-1] + ', "noise")'))
+    assert _differing(ROOT / "advss", copy) == ["pretext/__init__.py", "pretext/flip.py", "protocol.py",
+                                               "report/__init__.py", "report/curves.py", "robustness.py"]
 
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     run = lambda *a: subprocess.run([sys.executable, "-m", "advss", *a], cwd=tmp_path, env=env,  # noqa: E731
@@ -94,6 +120,18 @@ def test_a_new_task_and_a_new_table_cost_four_files(tmp_path, tiny_data):
     assert p.returncode == 0, p.stderr[-3000:]
     assert {f.suffix for f in (out / "tables").iterdir()} == {".csv", ".md", ".tex", ".html"}
     assert "Pretraining curve, 2 epochs" in (out / "tables" / "curve.md").read_text()
+
+    ft = train_spec(epochs=1)
+    p = run("finetune", "--spec", json.dumps(ft), "--data", str(tiny_data), "--out-model", str(out / "ft.pt"),
+            "--out-metrics", str(out / "ft.csv"), "--out-meta", str(out / "ft.json"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    spec = {"model": ft["model"], "threat": ft["threat"], "seed": 0, "subset_seed": 0, "n_examples": 32,
+            "noise": {"sigma": 0.1}}
+    p = run("robustness", "noise", "--spec", json.dumps(spec), "--data", str(tiny_data), "--model", str(out / "ft.pt"),
+            "--out-json", str(out / "noise.json"), "--out-npz", str(out / "noise.npz"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((out / "noise.json").read_text())
+    assert res["suite"] == "noise" and res["n"] == 32 and 0 <= res["acc"] <= 1
 
     # the copy keeps the layering rules without a new entry in them
     (tmp_path / "tests").mkdir()
