@@ -12,6 +12,8 @@ step's `Draws` (advss/step.py), so that a captured CUDA graph replays the same n
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
@@ -24,17 +26,22 @@ def standard(model, task, inputs, targets, gen, cfg, threat):
     return loss.mean(), logits
 
 
+def mixed(model, task, inputs, targets, adv_loss, mix: str):
+    """The weights' loss from the per-example adversarial loss: its mean (mix='adv',
+    Madry AT) or the mean of the clean and adversarial means (mix='clean+adv', P3)."""
+    if mix == "adv":
+        return adv_loss.mean()
+    if mix == "clean+adv":
+        clean_loss, _ = task.loss(model, inputs, targets)
+        return (clean_loss.mean() + adv_loss.mean()) / 2
+    raise ValueError(f"objective.mix must be 'adv' or 'clean+adv', not {mix!r}")
+
+
 def adversarial(model, task, inputs, targets, gen, cfg, threat: Threat):
     with bn_mode(model, threat.bn_mode):
         x_adv = pgd(lambda z: task.loss(model, z, targets)[0], inputs, threat, gen)
     adv_loss, adv_logits = task.loss(model, x_adv, targets)
-    mix = cfg.get("mix", "adv")
-    if mix == "adv":
-        return adv_loss.mean(), adv_logits
-    if mix == "clean+adv":
-        clean_loss, _ = task.loss(model, inputs, targets)
-        return (clean_loss.mean() + adv_loss.mean()) / 2, adv_logits
-    raise ValueError(f"objective.mix must be 'adv' or 'clean+adv', not {mix!r}")
+    return mixed(model, task, inputs, targets, adv_loss, cfg.get("mix", "adv")), adv_logits
 
 
 def trades(model, task, inputs, targets, gen, cfg, threat: Threat):
@@ -47,7 +54,7 @@ def trades(model, task, inputs, targets, gen, cfg, threat: Threat):
 
     start = (inputs + 0.001 * randn_like(inputs, gen)).clamp(0, 1)  # TRADES starts near x, not uniformly
     with bn_mode(model, threat.bn_mode):
-        x_adv = pgd(kl, start, Threat(threat.norm, threat.eps, threat.step, threat.steps, False, threat.bn_mode), gen)
+        x_adv = pgd(kl, start, dataclasses.replace(threat, random_start=False), gen)
         x_adv = torch.min(torch.max(x_adv, inputs - threat.eps), inputs + threat.eps).clamp(0, 1)
     logits = model(inputs)
     robust = F.kl_div(F.log_softmax(model(x_adv), -1), F.softmax(logits, -1), reduction="batchmean")
@@ -146,14 +153,7 @@ def ensemble(model, task, inputs, targets, gen, cfg, threat: Threat):
     with bn_mode(model, threat.bn_mode):
         x_adv = pgd(attacker, inputs, threat, gen)
     adv_loss, g, adv_logits = at(x_adv)
-    mix = cfg.get("mix", "clean+adv")
-    if mix == "adv":
-        loss = adv_loss.mean()
-    elif mix == "clean+adv":
-        clean_loss, _ = task.loss(model, inputs, targets)
-        loss = (clean_loss.mean() + adv_loss.mean()) / 2
-    else:
-        raise ValueError(f"objective.mix must be 'adv' or 'clean+adv', not {mix!r}")
+    loss = mixed(model, task, inputs, targets, adv_loss, cfg.get("mix", "clean+adv"))
     if g is not None:
         loss = loss + sign * alpha * g.mean()
     return loss, adv_logits

@@ -69,7 +69,7 @@ def autoattack_settings(aa: dict) -> dict:
 
 def eval_autoattack(model, x, y, x_uint8, spec):
     """pyautoattack's RA (the primary number), the in-house RA (cross-check) and PGD-k's."""
-    from advss.attacks import Threat, parse_number
+    from advss.attacks import Threat
     from advss.attacks.autoattack import COMPONENTS, LEFT_OUT, autoattack, pyautoattack_eval
     from advss.evaluate import pgd_correct, predict_correct
     from advss.io import AdvssError
@@ -79,10 +79,9 @@ def eval_autoattack(model, x, y, x_uint8, spec):
         raise AdvssError(f"AutoAttack is implemented for L∞ only; threat.norm is {threat['norm']!r}")
     cfg = autoattack_settings(aa)
     budget = {k: cfg[k] for k in ("n_iter", "n_target_classes", "n_queries", "fab_n_iter")}
-    eps, bs, seed = parse_number(threat["eps"]), int(spec.get("batch_size", 256)), int(spec["subset_seed"])
+    ref = Threat.from_cfg({**threat, "pgd_steps": aa["pgd_steps"]}, "pgd_steps")  # PGD-k on the same images
+    eps, bs, seed = ref.eps, int(spec.get("batch_size", 256)), int(spec["subset_seed"])
     primary = pyautoattack_eval(model, x, y, eps, version=cfg["version"], seed=seed, batch_size=bs, **budget)
-    ref = Threat(norm="linf", eps=eps, step=parse_number(threat["step"]), steps=int(aa["pgd_steps"]),
-                 random_start=bool(threat.get("random_start", True)))
     clean, pgd_ok = predict_correct(model, x, y, bs), pgd_correct(model, x, y, ref, bs, seed)
     res = {"ta": clean.float().mean().item(), "ra": primary["robust"].float().mean().item(),
            "ra_pgd": pgd_ok.float().mean().item(), "pgd_steps": ref.steps, "eps": eps,
