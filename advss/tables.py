@@ -127,10 +127,12 @@ def _html(df: pd.DataFrame, caption: str) -> str:
     return f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><style>{style}</style></head><body>\n{table}\n</body></html>\n"
 
 
-def write_table(display: pd.DataFrame, csv_df: pd.DataFrame, prefix, caption: str):
+def write_table(display: pd.DataFrame, csv_df: pd.DataFrame, prefix, caption: str, config_hash: str):
     """`display` (formatted strings) goes to .md, .tex and .html (for the report);
-    `csv_df` (numbers) to .csv. Returns `csv_df`, the builders' return value."""
+    `csv_df` (numbers) to .csv. Every caption ends with the hash of the config that
+    made the results, so a table says which run it shows. Returns `csv_df`."""
     prefix = Path(prefix)
+    caption = f"{caption} config {config_hash}"
     with atomic_path(prefix.with_suffix(".csv")) as tmp:
         csv_df.to_csv(tmp, index=False)
     write_text(prefix.with_suffix(".md"), _markdown(display, caption))

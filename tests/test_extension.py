@@ -44,7 +44,7 @@ from advss.tables import write_table
 
 def curve(spec: dict, prefix):
     df = pd.read_csv(spec["metrics"])
-    return write_table(df.astype(str), df, prefix, f"Pretraining curve, {len(df)} epochs")
+    return write_table(df.astype(str), df, prefix, f"Pretraining curve, {len(df)} epochs", spec["config_hash"])
 '''
 
 SUITE = '''
@@ -115,11 +115,11 @@ def test_a_new_task_table_and_suite_cost_six_files(tmp_path, tiny_data):
     metrics = pd.read_csv(out / "metrics.csv")
     assert len(metrics) == 2 and (metrics["train_loss"] > 0).all()
 
-    p = run("table", "curve", "--spec", json.dumps({"metrics": str(out / "metrics.csv")}), "--out",
+    p = run("table", "curve", "--spec", json.dumps({"metrics": str(out / "metrics.csv"), "config_hash": "abc123"}), "--out",
             str(out / "tables" / "curve.md"))
     assert p.returncode == 0, p.stderr[-3000:]
     assert {f.suffix for f in (out / "tables").iterdir()} == {".csv", ".md", ".tex", ".html"}
-    assert "Pretraining curve, 2 epochs" in (out / "tables" / "curve.md").read_text()
+    assert "Pretraining curve, 2 epochs config abc123" in (out / "tables" / "curve.md").read_text()
 
     ft = train_spec(epochs=1)
     p = run("finetune", "--spec", json.dumps(ft), "--data", str(tiny_data), "--out-model", str(out / "ft.pt"),

@@ -65,9 +65,9 @@ def table7(spec: dict, prefix):
                f"(PGD-{spec['eval_steps']}, %) and epoch of best validation RA, {seeds_phrase(int(agg['n_seeds'].min()))}. Pools: "
                f"{pool_label(spec)} (seed {pc.get('seed', 0)}; a smaller pool is a subset of a larger one). The "
                f"paper's pools (its rows, last) were CIFAR-30K/50K/150K drawn from 80 Million Tiny Images, which "
-               f"has been withdrawn, so no pool here reproduces them. config {spec['config_hash']}")
+               f"has been withdrawn, so no pool here reproduces them.")
     write_table(_display(both, {"Task": "task", "Pretraining pool": "pool", "Scenario": "scenario"}), both,
-                prefix, caption)
+                prefix, caption, spec["config_hash"])
     return agg
 
 
@@ -82,8 +82,9 @@ def table8(spec: dict, prefix):
     caption = (f"Table 8 ({spec['run']}): pretraining on Gaussian-noised inputs (random smoothing, "
                f"σ = {sc['sigma']}) instead of AT, then partial (F2) or full (F4) AT fine-tuning; test TA / RA "
                f"(PGD-{spec['eval_steps']}, %) and epoch of best validation RA, {seeds_phrase(int(agg['n_seeds'].min()))}; paper values "
-               f"(CIFAR-10, ResNet-50) beside. config {spec['config_hash']}")
-    return write_table(_display(agg, {"Scenario": "scenario", "Task": "task"}), agg, prefix, caption)
+               f"(CIFAR-10, ResNet-50) beside.")
+    return write_table(_display(agg, {"Scenario": "scenario", "Task": "task"}), agg, prefix, caption,
+                       spec["config_hash"])
 
 
 def table_rotaux(spec: dict, prefix):
@@ -99,8 +100,8 @@ def table_rotaux(spec: dict, prefix):
                f"loss (weight {spec['baseline']['rot_weight']}) on the same backbone, the comparison of the paper's "
                f"Section 4.4, beside AT from scratch (P1,F4) and rotation-pretrained (P3,F4); test TA / RA "
                f"(PGD-{spec['eval_steps']}, %) and epoch of best validation RA, {seeds_phrase(int(agg['n_seeds'].min()))}; the paper "
-               f"reports no TA/RA for the baseline (only Figures 3-4). config {spec['config_hash']}")
-    return write_table(_display(agg, {"Model": "model"}), agg, prefix, caption)
+               f"reports no TA/RA for the baseline (only Figures 3-4).")
+    return write_table(_display(agg, {"Model": "model"}), agg, prefix, caption, spec["config_hash"])
 
 
 def figure_pool(spec: dict, prefix):

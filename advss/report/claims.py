@@ -41,12 +41,11 @@ def table_claims(spec: dict, prefix):
                    f"only, not for the variation between training seeds, which needs several seeds. A claim holds when "
                    f"the difference is on the claimed side with p < 0.05, does not hold when it is on the other side "
                    f"with p < 0.05, and is undecided otherwise; a claim that is not a per-example accuracy (epochs to "
-                   f"best) stays undecided with one seed. Paper difference from its CIFAR-10 ResNet-50 tables. "
-                   f"config {spec['config_hash']}")
+                   f"best) stays undecided with one seed. Paper difference from its CIFAR-10 ResNet-50 tables.")
     else:
         caption = (f"Claims of the paper tested on {spec['run']}: difference A − B of the two sides of each claim "
                    f"(RA in %, or epochs to best RA), paired by seed, mean ± std over n seeds with the 95% t-interval "
                    f"of its mean; a claim holds when the interval lies on the claimed side of 0, does not hold when it "
                    f"lies on the other side, and is undecided otherwise (or with one seed). Paper difference from its "
-                   f"CIFAR-10 ResNet-50 tables. config {spec['config_hash']}")
-    return write_table(display, df, prefix, caption)
+                   f"CIFAR-10 ResNet-50 tables.")
+    return write_table(display, df, prefix, caption, spec["config_hash"])

@@ -47,9 +47,8 @@ def table5(spec: dict, prefix):
                f"fine-tuned alike. g = log det(GᵀG + ridge·I) of the members' normalised input gradients is ≤ 0, "
                f"and 0 when they are orthogonal; the attacker ascends ℓ̄ + α·g under either sign. {effects} "
                f"Test TA / RA (PGD-{spec['eval_steps']}, %) and epochs to best validation RA, {seeds_phrase(n)}; "
-               f"paper values (CIFAR-10, ResNet-50) beside, its one AP+DPE beside each sign.{aa_note} "
-               f"config {spec['config_hash']}")
-    return write_table(display, agg, prefix, caption)
+               f"paper values (CIFAR-10, ResNet-50) beside, its one AP+DPE beside each sign.{aa_note}")
+    return write_table(display, agg, prefix, caption, spec["config_hash"])
 
 
 def table6(spec: dict, prefix):
@@ -71,5 +70,5 @@ def table6(spec: dict, prefix):
     n = int(agg["n_seeds"].min())
     caption = (f"Table 6 ({spec['run']}): ensembles of ({','.join(scenario(spec))}) models (averaged softmax); test TA and RA under "
                f"white-box PGD-{spec['eval_steps']} against the averaged output (%), "
-               f"{seeds_phrase(n)}; paper values (CIFAR-10, ResNet-50) beside.{aa_note} config {spec['config_hash']}")
-    return write_table(display, agg, prefix, caption)
+               f"{seeds_phrase(n)}; paper values (CIFAR-10, ResNet-50) beside.{aa_note}")
+    return write_table(display, agg, prefix, caption, spec["config_hash"])

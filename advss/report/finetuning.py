@@ -33,9 +33,8 @@ def table3(spec: dict, prefix):
     agg = drop_empty(agg)
     caption = (f"Table 3 ({spec['run']}): test TA / RA (PGD-{spec['eval_steps']}, %) of the checkpoint with the best "
                f"validation RA (AT fine-tuning) or TA (ST fine-tuning), and the epoch it was reached, {seeds_phrase(n)}; "
-               f"paper values (CIFAR-10, ResNet-50) beside. P1 rows are shared by the three tasks.{aa_note} "
-               f"config {spec['config_hash']}")
-    return write_table(display, agg, prefix, caption)
+               f"paper values (CIFAR-10, ResNet-50) beside. P1 rows are shared by the three tasks.{aa_note}")
+    return write_table(display, agg, prefix, caption, spec["config_hash"])
 
 
 def figure1(spec: dict, prefix):

@@ -74,7 +74,7 @@ def autoattack_table(spec: dict, prefix):
                f"under PGD-{k}, under {attack} and after each of its stages; 'RA in-house AA' is advss's own "
                "implementation on the same images as a cross-check (no FAB-T, so an upper bound; '–' where it did "
                "not run).")
-    return write_table(display, agg, prefix, f"{caption} config {spec['config_hash']}")
+    return write_table(display, agg, prefix, caption, spec["config_hash"])
 
 
 def unforeseen_table(spec: dict, prefix):
@@ -98,9 +98,8 @@ def unforeseen_table(spec: dict, prefix):
         display[c] = [fmt(v) for v in wide[c]]
     display.columns = ["Attack", "ε", *wide.columns[2:]]
     caption = (f"Unforeseen attacks ({spec['run']}, Kang et al. 2019): accuracy (%) on {'/'.join(map(str, sorted(n)))} "
-               f"test images, ε in advex-uar units (Kang et al.'s CIFAR-10 calibration). {UNCALIBRATED_NOTE} "
-               f"config {spec['config_hash']}")
-    return write_table(display, agg, prefix, caption)
+               f"test images, ε in advex-uar units (Kang et al.'s CIFAR-10 calibration). {UNCALIBRATED_NOTE}")
+    return write_table(display, agg, prefix, caption, spec["config_hash"])
 
 
 def per_attack_accuracy(spec, jobs):
@@ -205,5 +204,5 @@ def cifar10c_table(spec: dict, prefix):
     display.columns = ["Model", "Severity", "Clean", *[c.replace("_", " ") for c in corr], "Mean"]
     caption = (f"CIFAR-10-C ({spec['run']}): accuracy (%) per corruption and severity and the mean over corruptions; "
                f"'mean' rows average the severities. Images: {' and '.join(sorted(sources))} "
-               f"(cifar10-c = the official files, generated = advss.corruptions). config {spec['config_hash']}")
-    return write_table(display, wide, prefix, caption)
+               f"(cifar10-c = the official files, generated = advss.corruptions).")
+    return write_table(display, wide, prefix, caption, spec["config_hash"])

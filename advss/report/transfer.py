@@ -46,8 +46,8 @@ def table4(spec: dict, prefix):
     caption = (f"Table 4 ({spec['run']}): attack success rate (%) of PGD-{spec['eval_steps']} examples crafted on the "
                f"({','.join(scenario(spec))}) model of one task (column) and evaluated on that of another (row), over all test images "
                f"(the diagonal is 1 − RA), {seeds_phrase(n)}; "
-               f"paper values (CIFAR-10, ResNet-50) beside. config {spec['config_hash']}")
-    return write_table(display, agg, prefix, caption)
+               f"paper values (CIFAR-10, ResNet-50) beside.")
+    return write_table(display, agg, prefix, caption, spec["config_hash"])
 
 
 def _label_counts(diagram, sets, total):
