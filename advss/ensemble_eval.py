@@ -13,7 +13,8 @@ import time
 
 from advss import data as D
 from advss.attacks import Threat
-from advss.evaluate import evaluate, load_classifier, prepare_model, save_per_example, softmax_average, test_split
+from advss.evaluate import (evaluate, fp32, load_classifier, prepare_model, save_per_example, softmax_average,
+                            test_split)
 from advss.io import pick_device, provenance, set_deterministic, write_json
 
 
@@ -29,7 +30,8 @@ def run(spec, data_path, model_paths, out_json, out_npz, device="auto"):
     model = softmax_average(members).to(dev).eval()
     x, y = test_split(data, spec.get("n_examples"))
     threat = Threat.from_cfg(spec["threat"], "eval_steps")
-    ev = evaluate(model, task, x, y, threat, int(spec.get("batch_size", 256)), int(spec.get("seed", 0)))  # fp32
+    with fp32(dev):
+        ev = evaluate(model, task, x, y, threat, int(spec.get("batch_size", 256)), int(spec.get("seed", 0)))
     save_per_example(out_npz, y, ev)
     res = {"members": spec.get("members"), "ta": float(ev["clean"].mean()), "ra": float(ev["adv"].mean()),
            "n": int(len(y)), "attack": f"pgd{threat.steps}-{threat.norm} on the averaged softmax",

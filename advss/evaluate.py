@@ -184,7 +184,8 @@ def run(spec: dict, data_path, model_path, out_json, out_npz, device="auto"):
     model = prepare_model(model, spec, dev)
     # fp32 whatever the training precision: the reported TA/RA (and model selection's
     # counterpart, the test numbers) must not depend on a speed setting
-    ev = evaluate(model, task, x, y, threat, int(spec.get("batch_size", 256)), int(spec.get("seed", 0)), bf16=False)
+    with fp32(dev):
+        ev = evaluate(model, task, x, y, threat, int(spec.get("batch_size", 256)), int(spec.get("seed", 0)))
     save_per_example(out_npz, y, ev)
     res = {"ta": float(ev["clean"].mean()), "ra": float(ev["adv"].mean()), "n": int(len(y)),
            "attack": f"pgd{threat.steps}-{threat.norm}", "eps": threat.eps, "eval_precision": "fp32"}

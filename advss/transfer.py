@@ -15,7 +15,7 @@ import numpy as np
 
 from advss import data as D
 from advss.attacks import Threat
-from advss.evaluate import craft, evaluate, load_classifier, prepare_model, test_split
+from advss.evaluate import craft, evaluate, fp32, load_classifier, prepare_model, test_split
 from advss.io import AdvssError, pick_device, provenance, save_npz, set_deterministic, write_json
 
 
@@ -33,12 +33,14 @@ def run(spec, data_path, source_path, target_paths, out_npz, out_json, device="a
     bs, seed = int(spec.get("batch_size", 256)), int(spec.get("seed", 0))
     source, task = load_classifier(source_path, spec["model"], data["num_classes"], dev)
     source = prepare_model(source, spec, dev)
-    x_adv = craft(source, task, x, y, threat, bs, seed)
+    with fp32(dev):
+        x_adv = craft(source, task, x, y, threat, bs, seed)
     success, preds = [], []
     for path in target_paths:
         target, _ = load_classifier(path, spec["model"], data["num_classes"], dev)
         target = prepare_model(target, spec, dev)
-        ev = evaluate(target, task, x_adv, y, None, bs, seed)
+        with fp32(dev):
+            ev = evaluate(target, task, x_adv, y, None, bs, seed)
         success.append(~ev["clean"].numpy().astype(bool))
         preds.append(ev["pred_clean"].numpy())
     success = np.stack(success)

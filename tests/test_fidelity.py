@@ -86,6 +86,22 @@ def autocast_spy(monkeypatch):
     return seen
 
 
+@pytest.fixture()
+def tf32_spy(monkeypatch):
+    """Records whether TF32 was allowed (cuDNN convs or CUDA matmuls) at every model
+    forward: the flags are plain settings, so a CPU run sees what a GPU run would use."""
+    seen = []
+    orig = Model.forward
+
+    def forward(self, x):
+        seen.append(torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
+        return orig(self, x)
+
+    monkeypatch.setattr(Model, "forward", forward)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # torch's default for convs
+    return seen
+
+
 def _checkpoint(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "model.pt"
@@ -133,3 +149,19 @@ def test_smoothing_noise_is_not_clamped():
     x = seen["x"]
     assert x.min() < -0.5 and float(x.std()) == pytest.approx(0.25, rel=0.05)
     assert np.isfinite(x.numpy()).all()
+
+
+def test_every_test_set_evaluation_turns_tf32_off(tiny_data, tmp_path, tf32_spy):
+    """TF32 convs (cuDNN's default) would make 'eval_precision: fp32' untrue on a GPU."""
+    from advss import ensemble_eval, evaluate, robustness, transfer
+
+    ck = _checkpoint(tmp_path)
+    spec = {"model": TINY_MODEL, "threat": {"eps": "8/255", "step": "2/255", "eval_steps": 2, "train_steps": 2},
+            "seed": 0, "subset_seed": 0, "n_examples": 16, "batch_size": 8, "source": "a", "targets": ["a"],
+            "members": ["a", "b"], "corruptions": {"root": None, "severities": [1], "corruptions": ["contrast"]}}
+    evaluate.run(spec, tiny_data, ck, tmp_path / "v.json", tmp_path / "v.npz", "cpu")
+    transfer.run(spec, tiny_data, ck, [ck], tmp_path / "t.npz", tmp_path / "t.json", "cpu")
+    ensemble_eval.run(spec, tiny_data, [ck, ck], tmp_path / "e.json", tmp_path / "e.npz", "cpu")
+    robustness.run("corruptions", spec, tiny_data, [ck], tmp_path / "c.json", tmp_path / "c.npz", "cpu")
+    assert tf32_spy and not any(tf32_spy)
+    assert torch.backends.cudnn.allow_tf32  # and the caller's setting is back afterwards
