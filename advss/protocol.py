@@ -47,13 +47,13 @@ SRC_RE = r"scratch|" + PT_RE
 FT_RE = r"(partial|full)-(std|adv)"
 # Ablations (advss/ablations.py, workflow/rules/ablations_inputs.smk): the Table 7 pool-size and
 # Table 8 smoothing pretrainings are fine-tuning sources; the one-shot baseline (AT +
-# rotation auxiliary) is a fine-tuning id whose spec sets the task (advss/rotaux.py).
+# rotation auxiliary) is a fine-tuning id whose spec sets the task (advss/pretext/rotaux.py).
 ABLATION_PT_RE = rf"({TASK_RE})-(adv-n\d+|smooth)"
 SRC_RE += "|" + ABLATION_PT_RE
 BASELINE_FT = "full-adv-rotaux"
 FT_RE += r"(-rotaux)?"  # parse_ft reads it as full-adv; finetune_spec then sets the task
 # Table 5's ensemble pretrainings (rules/ensemble_inputs.smk): AP+SE (α = 0) and AP+DPE with each sign
-# of α·g in the weights' loss (advss/ensemble.py): 'ensemble-dpe' is +1, eq. (3) as written and the
+# of α·g in the weights' loss (advss.objectives.ensemble): 'ensemble-dpe' is +1, eq. (3) as written and the
 # reference code; 'ensemble-dpe-neg' is -1, the diversity-promoting reading of the text.
 ENSEMBLE_DPE = {1: ("dpe", "AP+DPE (+α·g, Eq. 3)"), -1: ("dpe-neg", "AP+DPE (−α·g, diversity)")}
 ENSEMBLE_VARIANT_RE = "|".join(["se", *(v for v, _ in ENSEMBLE_DPE.values())])
