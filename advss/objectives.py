@@ -5,6 +5,7 @@ scalar loss and calls the attack on the very loss it trains.
     adversarial  Madry AT (F2, F4: mix='adv') or clean+adv mean (P3: mix='clean+adv')
     trades       CE(clean) + β·KL(p_clean ‖ p_adv), attack maximises the KL (Zhang et al. 2019)
     smoothing    task loss on Gaussian-noised inputs (Cohen et al. 2019; Table 8), no attack
+    acl          ACL's dual-stream contrastive AT, DynACL's weighting (the contrastive task's P3)
     ensemble     ensemble adversarial pretraining with the log-det diversity term (eq. 2–4; Table 5)
 
 Every objective draws its randomness through `gen`, a torch.Generator or the training
@@ -67,6 +68,22 @@ def smoothing(model, task, inputs, targets, gen, cfg, threat):
     noisy = inputs + float(cfg.get("sigma", 0.25)) * randn_like(inputs, gen)
     loss, logits = task.loss(model, noisy, targets)
     return loss.mean(), logits
+
+
+def acl(model, task, inputs, targets, gen, cfg, threat: Threat):
+    """ACL's dual-stream (DS) objective (Jiang et al. 2020, their best variant), with
+    DynACL's weight: ((2−w)·ℓ(clean views) + w·ℓ(adversarial views)) / 2. PGD maximises
+    the task's loss (NT-Xent) on both views within the ε-ball; both the attack and the
+    adversarial loss run under `task.adversarial` (ACL's adversarial BN). w is the
+    task's `adv_weight`, a device tensor (1 for ACL; annealed per epoch by DynACL), so a
+    CUDA graph reads each epoch's value without a recapture."""
+    with task.adversarial(model):
+        with bn_mode(model, threat.bn_mode):
+            x_adv = pgd(lambda z: task.loss(model, z, targets)[0], inputs, threat, gen)
+        adv_loss, adv_logits = task.loss(model, x_adv, targets)
+    clean_loss, _ = task.loss(model, inputs, targets)
+    w = getattr(task, "adv_weight", 1.0)
+    return ((2 - w) * clean_loss.mean() + w * adv_loss.mean()) / 2, adv_logits
 
 
 # ------------------------------------------------------------------ ensemble (Table 5)
@@ -160,6 +177,7 @@ def ensemble(model, task, inputs, targets, gen, cfg, threat: Threat):
 
 
 OBJECTIVES = {"standard": standard, "adversarial": adversarial, "trades": trades, "smoothing": smoothing,
+              "acl": acl,
               "ensemble": ensemble}
 
 

@@ -191,7 +191,7 @@ def setup(spec: dict, data_path, init=None, resume_dir=None, device="auto", log=
     threat_cfg = spec.get("threat")
     train_threat = Threat.from_cfg(threat_cfg, "train_steps") if threat_cfg else None
     eval_threat = Threat.from_cfg(threat_cfg, "eval_steps") if threat_cfg and spec.get("eval_ra", True) else None
-    if obj["kind"] in ("adversarial", "trades") and train_threat is None:
+    if obj["kind"] in ("adversarial", "trades", "acl") and train_threat is None:
         raise AdvssError(f"objective {obj['kind']!r} needs a threat model in the spec")
 
     fx, fy = data["fit"]
@@ -247,6 +247,7 @@ def run_epoch(job: Job, state: LoopState, stop: _Stop, bar: bool, on_epoch=None)
     epoch = state.epoch
     t0 = time.time()
     _set_mode(model, job.frozen)
+    task.set_epoch(epoch, epochs, dev)  # DynACL's schedule; a no-op for the other tasks
     order = torch.randperm(len(fx), generator=generator(batch_seed(seed, epoch, -1), dev), device=dev)
     run = state.run
     loss_acc = torch.zeros((), device=dev, dtype=torch.float64)  # on the device: no host sync per batch;

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from advss.models import Model, build_trunk
 from advss.pretext.base import Classification, Task
+from advss.pretext.contrastive import Contrastive
 from advss.pretext.ensemble import Ensemble
 from advss.pretext.jigsaw import Jigsaw
 from advss.pretext.rotation import Rotation
@@ -24,6 +25,7 @@ TASKS = {
     "selfie": Selfie,
     "ensemble": Ensemble,  # Table 5's three-branch task
     "rotaux": RotAux,  # the one-shot AT + rotation baseline (Hendrycks et al. 2019)
+    "contrastive": Contrastive,  # SimCLR / ACL / DynACL (the successors; advss/pretext/contrastive.py)
     # --- more tasks register here, one line each: "name": Class, ---
 }
 

@@ -10,10 +10,18 @@ Interface of a task:
     correct(logits, targets) -> bool per example
     state() -> dict of tensors/ints stored in the checkpoint
     transfer_prefixes: the trunk keys this task trains (Selfie leaves layer4 alone)
+    set_epoch(epoch, epochs, device)   called before each epoch (DynACL's schedule)
+    adversarial(model) -> context in which forward passes see adversarial inputs
+                          (ACL's dual BN routes them through its adversarial BN)
+A task's per-example loss may depend on the whole batch (NT-Xent: each image's loss
+is over all the batch's views), as long as its mean is the batch's loss; a task may
+also adapt the trunk it is given in build_head (ACL's dual BN).
 Classification is one more task, so one training loop serves pretraining and
 fine-tuning alike.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch.nn as nn
 import torch.nn.functional as F
@@ -39,6 +47,12 @@ class Task:
 
     def state(self) -> dict:
         return {}
+
+    def set_epoch(self, epoch: int, epochs: int, device=None):
+        pass
+
+    def adversarial(self, model):
+        return contextlib.nullcontext()
 
     def export(self, model):
         """The model a checkpoint holds; a task may drop parts that only serve training."""

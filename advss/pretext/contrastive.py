@@ -1,0 +1,246 @@
+"""The contrastive pretext family, the paper's successors: SimCLR (P2), ACL (P3, Jiang et
+al. NeurIPS 2020) and DynACL (Luo et al. ICLR 2023), as one task.
+
+Each image gives two views, augmented on the device with parameters drawn per image
+and per view (crop-resize, flip, colour jitter, grayscale: `draw_params`); both pass
+the trunk and a projection head, and the per-example loss is NT-Xent's (Chen et al.
+2020) mean over the image's two anchors, so its batch mean is the NT-Xent loss.
+Views are packed N×2×C×H×W, so PGD perturbs both views of every image within the
+same ε-ball, as ACL's `PGD_contrastive` does, and the loop, `evaluate` and the fast
+path see one more per-example task. Targets are each image's index in the batch;
+`correct` is top-1 retrieval of the positive among the 2N−1 others.
+
+Options (config `pretext.contrastive`):
+  temperature  NT-Xent's τ (0.5 in ACL and DynACL)
+  dual_bn      ACL's dual BatchNorm: every BN of trunk and head keeps a clean and an
+               adversarial copy; `adversarial()` routes through the latter
+  finetune_bn  which copy the exported checkpoint keeps ('adv': ACL's `--bnNameCnt 1`)
+  schedule     'dynacl': DynACL's annealed augmentation strength and loss weight
+  reload_every DynACL's `reload_frequency` (epochs between strength changes)
+  swap         DynACL's `swap_param` (λ of the adversarial weight)
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from advss.pretext.base import Task
+
+# ITU-R 601 luma, as torchvision's rgb_to_grayscale; RGB -> YIQ and back for the hue rotation
+LUMA = (0.299, 0.587, 0.114)
+YIQ = torch.tensor([LUMA, [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+YIQ_INV = torch.linalg.inv(YIQ)
+
+
+# ------------------------------------------------------------------ augmentation
+def _u(n, gen, dev):
+    return torch.rand(n, generator=gen, device=gen.device if gen is not None else dev).to(dev)
+
+
+def draw_params(n: int, gen, dev, strength: float = 1.0) -> dict:
+    """One view's augmentation parameters, one value per image, at DynACL's strength s
+    (1 = SimCLR/ACL's): crop area in [1−0.9s, 1] with aspect ratio in [3/4, 4/3],
+    flip with p 0.5, jitter (brightness, contrast, saturation ±0.4s, hue ±0.1s) with
+    p 0.8s, grayscale with p 0.2s (torchvision's RandomResizedCrop/ColorJitter/RandomGrayscale)."""
+    s = float(strength)
+    # torchvision's RandomResizedCrop: up to 10 (area, ratio) tries, the first crop that
+    # fits, else the whole (square) image; all 10 are drawn, so the shapes stay static
+    area = 1 - 0.9 * s * _u((n, 10), gen, dev)
+    ratio = torch.exp(math.log(3 / 4) + math.log(16 / 9) * _u((n, 10), gen, dev))
+    w, h = (area * ratio).sqrt(), (area / ratio).sqrt()
+    fits = (w <= 1) & (h <= 1)
+    first = fits.int().argmax(1, keepdim=True)
+    any_fit = fits.any(1)
+    w = torch.where(any_fit, w.gather(1, first)[:, 0], torch.ones(n, device=dev))
+    h = torch.where(any_fit, h.gather(1, first)[:, 0], torch.ones(n, device=dev))
+    return {"w": w, "h": h, "cx": (1 - w) * (2 * _u(n, gen, dev) - 1), "cy": (1 - h) * (2 * _u(n, gen, dev) - 1),
+            "flip": _u(n, gen, dev) < 0.5, "jitter": _u(n, gen, dev) < 0.8 * s,
+            "brightness": 1 + 0.4 * s * (2 * _u(n, gen, dev) - 1), "contrast": 1 + 0.4 * s * (2 * _u(n, gen, dev) - 1),
+            "saturation": 1 + 0.4 * s * (2 * _u(n, gen, dev) - 1), "hue": 0.1 * s * (2 * _u(n, gen, dev) - 1),
+            "gray": _u(n, gen, dev) < 0.2 * s}
+
+
+def _gray(x):
+    return (x * x.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
+def _hue(x, shift):
+    """Hue rotation by shift·2π in YIQ space (a linear stand-in for torchvision's HSV
+    hue shift, batched without per-pixel branches)."""
+    y = torch.einsum("ij,njhw->nihw", YIQ.to(x), x)
+    a = (2 * math.pi * shift).view(-1, 1, 1)
+    i, q = y[:, 1], y[:, 2]
+    y = torch.stack([y[:, 0], i * a.cos() - q * a.sin(), i * a.sin() + q * a.cos()], 1)
+    return torch.einsum("ij,njhw->nihw", YIQ_INV.to(x), y).clamp(0, 1)
+
+
+def apply_params(x: torch.Tensor, p: dict) -> torch.Tensor:
+    """The view of each image x[i] that p's i-th entries describe; whole-batch tensor ops only."""
+    n = len(x)
+    v = lambda t: t.view(n, 1, 1, 1)  # noqa: E731
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = torch.where(p["flip"], -p["w"], p["w"])
+    theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = p["cx"], p["h"], p["cy"]
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    j = (out * v(p["brightness"])).clamp(0, 1)
+    j = ((j - _gray(j).mean((2, 3), keepdim=True)) * v(p["contrast"]) + _gray(j).mean((2, 3), keepdim=True)).clamp(0, 1)
+    j = ((j - _gray(j)) * v(p["saturation"]) + _gray(j)).clamp(0, 1)
+    j = _hue(j, p["hue"])
+    out = torch.where(v(p["jitter"]), j, out)
+    return torch.where(v(p["gray"]), _gray(out).expand_as(out), out)
+
+
+# ------------------------------------------------------------------ the loss
+def nt_xent(z: torch.Tensor, temperature: float = 0.5):
+    """NT-Xent on N×2×D embeddings: per image, the mean over its two anchors of
+    −log softmax of the positive among the 2N−1 others (cosine similarity / τ).
+    Returns (N losses, 2N×2N similarity logits with −inf on the diagonal). In fp32
+    whatever the autocast: τ = 0.5 logits of bf16 cosines lose the ranking."""
+    with torch.autocast(z.device.type, enabled=False):
+        n = len(z)
+        e = F.normalize(z.flatten(0, 1).float(), dim=1)
+        sim = (e @ e.t() / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+        pos = torch.arange(2 * n, device=z.device) ^ 1  # view 0 of image i is row 2i, its positive 2i+1
+        return F.cross_entropy(sim, pos, reduction="none").view(n, 2).mean(1), sim
+
+
+# ------------------------------------------------------------------ dual BN
+class DualBatchNorm(nn.Module):
+    """ACL's dual BN: a clean and an adversarial BatchNorm of the same shape, picked
+    by `adv` (set by `Contrastive.adversarial`), each with its own running statistics."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm):
+        super().__init__()
+        self.clean, self.adv = bn, type(bn)(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+        self.adv.load_state_dict(bn.state_dict())
+        self.route_adv = False
+
+    def forward(self, x):
+        return self.adv(x) if self.route_adv else self.clean(x)
+
+
+def dualize(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm under `module` by a DualBatchNorm, in place."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, DualBatchNorm(child))
+        else:
+            dualize(child)
+    return module
+
+
+def single_bn_state(state: dict, keep: str) -> dict:
+    """A dual-BN state dict as a plain one: each DualBatchNorm's `keep` copy under the plain BN keys."""
+    out = {}
+    for k, v in state.items():
+        for part in (".clean.", ".adv."):
+            if part in k:
+                if part == f".{keep}.":
+                    out[k.replace(part, ".")] = v
+                break
+        else:
+            out[k] = v
+    return out
+
+
+class _Exported:
+    """What `save_checkpoint` needs of a model: its (plain-BN) state dict."""
+
+    def __init__(self, state):
+        self._state = state
+
+    def state_dict(self):
+        return self._state
+
+
+# ------------------------------------------------------------------ the task
+def dynacl_strength(epoch: int, epochs: int, reload_every: int = 50) -> float:
+    """DynACL's augmentation strength at 0-based `epoch`: 1 − e₀/E, where e₀ is the
+    epoch at which the data were last reloaded (every `reload_every` epochs)."""
+    return 1 - (epoch // reload_every) * reload_every / epochs
+
+
+def dynacl_adv_weight(epoch: int, epochs: int, reload_every: int = 50, swap: float = 2 / 3) -> float:
+    """DynACL's weight w of the adversarial NT-Xent (the clean one gets 2 − w):
+    min(1 + ⌊(e+1)/K⌋·(K/E)·λ, 2) at 0-based epoch e, as train_DynACL.py computes it
+    from its 1-based epoch."""
+    return min(1 + ((epoch + 1) // reload_every) * (reload_every / epochs) * swap, 2.0)
+
+
+class ProjectionHead(nn.Sequential):
+    """ACL's default (three-layer) projection head: Linear+BN+ReLU, Linear+BN+ReLU, Linear+BN."""
+
+    def __init__(self, d: int, out_dim: int):
+        super().__init__(nn.Linear(d, d), nn.BatchNorm1d(d), nn.ReLU(),
+                         nn.Linear(d, d, bias=False), nn.BatchNorm1d(d), nn.ReLU(),
+                         nn.Linear(d, out_dim, bias=False), nn.BatchNorm1d(out_dim))
+
+
+class Contrastive(Task):
+    name = "contrastive"
+
+    def __init__(self, temperature: float = 0.5, proj_dim: int | None = None, dual_bn: bool = False,
+                 finetune_bn: str = "adv", schedule: str = "constant", reload_every: int = 50,
+                 swap: float = 2 / 3, state=None):
+        if schedule not in ("constant", "dynacl"):
+            raise ValueError(f"pretext.contrastive.schedule must be 'constant' or 'dynacl', not {schedule!r}")
+        if finetune_bn not in ("adv", "clean"):
+            raise ValueError(f"pretext.contrastive.finetune_bn must be 'adv' or 'clean', not {finetune_bn!r}")
+        if float(temperature) <= 0 or int(reload_every) < 1:
+            raise ValueError("pretext.contrastive: temperature must be > 0 and reload_every >= 1")
+        self.temperature, self.proj_dim, self.dual_bn = float(temperature), proj_dim, bool(dual_bn)
+        self.finetune_bn = finetune_bn if dual_bn else "clean"
+        self.schedule, self.reload_every, self.swap = schedule, int(reload_every), float(swap)
+        self.strength = 1.0
+        self.adv_weight = torch.ones(())  # a tensor the step reads: a new value needs no new graph
+        self.n_classes = 0
+
+    def build_head(self, trunk):
+        d = trunk.out_dim
+        head = ProjectionHead(d, self.proj_dim or d)
+        if self.dual_bn:  # the trunk too: ACL's encoders share all weights but the BN
+            dualize(trunk)
+            dualize(head)
+        return head
+
+    def set_epoch(self, epoch: int, epochs: int, device=None):
+        self.adv_weight = self.adv_weight.to(device)  # the same tensor once it is there (a graph holds it)
+        if self.schedule == "dynacl":
+            self.strength = dynacl_strength(epoch, epochs, self.reload_every)
+            self.adv_weight.fill_(dynacl_adv_weight(epoch, epochs, self.reload_every, self.swap))
+
+    def make_batch(self, x, y, gen):
+        views = [apply_params(x, draw_params(len(x), gen, x.device, self.strength)) for _ in range(2)]
+        return torch.stack(views, 1), torch.arange(len(x), device=x.device)
+
+    def loss(self, model, inputs, targets):
+        n = len(inputs)
+        z = model(inputs.flatten(0, 1)).view(n, 2, -1)
+        loss, sim = nt_xent(z, self.temperature)
+        return loss, sim.view(n, 2 * 2 * n)
+
+    def correct(self, logits, targets):
+        n = len(targets)
+        hit = logits.view(n, 2, 2 * n).argmax(-1) == (2 * targets[:, None] + 1 - torch.arange(2, device=targets.device))
+        return hit.float().mean(1)
+
+    @contextlib.contextmanager
+    def adversarial(self, model):
+        """Forward passes inside are of adversarial views: dual BN uses its adversarial copy."""
+        duals = [m for m in model.modules() if isinstance(m, DualBatchNorm)]
+        for m in duals:
+            m.route_adv = True
+        try:
+            yield
+        finally:
+            for m in duals:
+                m.route_adv = False
+
+    def export(self, model):
+        """The trunk with one BN per layer (`finetune_bn`'s copy), as a plain ResNet's keys."""
+        return _Exported(single_bn_state(model.state_dict(), self.finetune_bn)) if self.dual_bn else model
