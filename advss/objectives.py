@@ -91,31 +91,50 @@ def acl(model, task, inputs, targets, gen, cfg, threat: Threat):
 # eq. 2–4; Table 5's AP+SE and AP+DPE), as an objective of the one training loop.
 #
 # The task is `advss.pretext.ensemble.Ensemble`: Rotation, Jigsaw and Selfie on a
-# shared stem..layer3, one input per member built from the same image. Its per-example
-# loss is the mean of the members' losses, ℓ̄.
+# shared stem..layer3, one input per member built from the same image, member i's
+# per-example loss ℓᵢ.
 #
-# Eq. (3), as written, is one saddle objective
+# Each sign s of α·g (set per pretraining by the config key `ensemble.signs`:
+# `ensemble-dpe` = +1, `ensemble-dpe-neg` = −1; Table 5 reports both) enters the
+# attack and the update alike, one min-max of the loss + s·α·g (eq. 3 for s = +1):
 #
-#     min_θ  E  max_δ  [ ℓ̄(θ, x + δ) + α · g(θ, δ) ],
-#     g = log det(GᵀG + ridge·I),  G = [∇_δ1 ℓ1/‖·‖, …, ∇_δM ℓM/‖·‖]   (d × M),
+#     min_θ  E  max_δ  [ Σᵢ ℓᵢ(θ, x + δᵢ) + s·α·g(θ, δ) ],
+#     g = log det(GᵀG + ridge·I),  G = [∇_δ1 ℓ1/‖·‖, …, ∇_δM ℓM/‖·‖]   (d × M).
 #
-# so the attacker (PGD on the M inputs jointly, one perturbation each) ascends
-# ℓ̄ + α·g — as the reference's `PGD_attack_3module` does — and the weights
-# minimise the pretext loss (clean+adv mean, as single-task P3) + sign·α·g at that δ,
-# with g taken with `create_graph` so that it trains the weights.
+#   attack  PGD on the M inputs jointly (one perturbation each) ascends Σᵢ ℓᵢ + s·α·g,
+#           the sum as in eq. (3) and the reference's `PGD_attack_3module` (PGD's sign
+#           steps see only the ratio of the two terms, so the sum, not the mean, fixes
+#           what α means).
+#   update  the weights minimise the pretext loss (clean+adv mean of the member means,
+#           as single-task P3 and the reference) + s·α·g at that δ, with g taken with
+#           `create_graph` so that it trains the weights.
 #
-# `sign` (set per pretraining by the config key `ensemble.signs`: `ensemble-dpe` = +1,
-# `ensemble-dpe-neg` = −1; Table 5 reports both):
-#   +1  eq. (3) as written and the reference code: the weights minimise the same
-#       +α·g that the attacker maximises. Since g ≤ 0 with 0 at orthogonal gradients,
-#       this pulls the members' input gradients towards each other.
+#   +1  eq. (3) as written and the reference code. Since g ≤ 0 with 0 at orthogonal
+#       gradients, the attacker seeks inputs where the members' gradients disagree and
+#       the update pulls them together (g down).
 #   -1  the diversity-promoting reading (Pang et al. 2019 maximise their log-det
-#       ensemble diversity): the weights minimise ℓ − α·g.
-# α = 0 is AP+SE: plain multi-task AT (identical to the `adversarial` objective).
-# Scale note: the reference's attacker sums the three losses where this one (and the
-# weights) use their mean, so the reference's α acts 3× weaker inside its attack.
+#       ensemble diversity): min-max of ℓ − α·g. The attacker seeks inputs where the
+#       gradients align and the update pushes them apart (g up).
+# α = 0 is AP+SE: plain multi-task AT, the `adversarial` objective (PGD's steps do
+# not see a common scale of the loss, so its mean and Σᵢ ℓᵢ give the same attack).
 RIDGE = 1e-5      # the paper's ridge: keeps GᵀG invertible when gradients align
 NORM_EPS = 1e-10  # the reference adds it to each gradient norm (a zero gradient stays zero)
+
+
+def logdet_spd(a: torch.Tensor) -> torch.Tensor:
+    """log det of a batch (…×k×k) of small SPD matrices by an unrolled LDLᵀ factorisation:
+    elementwise ops only, so no cuSOLVER call and no host sync (a CUDA graph can hold it;
+    cuSOLVER's support for stream capture is undocumented). Backward-stable like Cholesky:
+    each pivot is a Schur complement, never a difference of whole determinant terms, which
+    would lose ~1e-6 of relative accuracy at the ridge's eigenvalues. The op count grows as k³,
+    nothing for the ensemble's k = 3."""
+    k = a.shape[-1]
+    lower, pivots = {}, []
+    for j in range(k):
+        pivots.append(a[..., j, j] - sum(lower[j, m] ** 2 * pivots[m] for m in range(j)))
+        for i in range(j + 1, k):
+            lower[i, j] = (a[..., i, j] - sum(lower[i, m] * lower[j, m] * pivots[m] for m in range(j))) / pivots[j]
+    return sum(p.log() for p in pivots)
 
 
 def log_det_diversity(grads: torch.Tensor, ridge: float = RIDGE) -> torch.Tensor:
@@ -124,27 +143,24 @@ def log_det_diversity(grads: torch.Tensor, ridge: float = RIDGE) -> torch.Tensor
     about (M−1)·log(ridge) for parallel ones."""
     # Decided here, whatever the loop's precision: float64 outside autocast. bf16 cannot
     # hold the 1e-5 ridge next to 1 (its resolution there is ~0.008), torch.logdet
-    # refuses bf16, and the M×M Gram of N examples costs nothing in float64. Cholesky
-    # (the matrix is SPD) rather than logdet: `cholesky_ex` checks nothing on the
-    # host, so a CUDA graph can hold it.
+    # refuses bf16, and the M×M Gram of N examples costs nothing in float64.
     with torch.autocast(grads.device.type, enabled=False):
         g = grads.flatten(2).double()
         g = g / (g.norm(dim=2, keepdim=True) + NORM_EPS)
         gram = g @ g.transpose(1, 2)
         eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-        chol, _ = torch.linalg.cholesky_ex(gram + ridge * eye)
-        return (2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)).float()
+        return logdet_spd(gram + ridge * eye).float()
 
 
 def member_losses_and_diversity(model, task, x, targets, ridge: float = RIDGE):
-    """Mean member loss (N), g (N) and packed logits at x. Each member's input
+    """Member losses (N×M), g (N) and packed logits at x. Each member's input
     gradient lies in its own slice of ∂(Σ losses)/∂x, since member k reads x[:, k]
     only; the graph is kept so g can be differentiated again (by PGD or the weights)."""
     if not x.requires_grad:
         x = x.detach().requires_grad_(True)
     losses, logits = task.member_losses(model, x, targets)
     grads, = torch.autograd.grad(losses.sum(), x, create_graph=True)
-    return losses.mean(1), log_det_diversity(grads, ridge), logits
+    return losses, log_det_diversity(grads, ridge), logits
 
 
 def ensemble(model, task, inputs, targets, gen, cfg, threat: Threat):
@@ -155,25 +171,19 @@ def ensemble(model, task, inputs, targets, gen, cfg, threat: Threat):
         raise ValueError(f"ensemble objective: sign must be +1 or -1, not {sign!r}")
     if not hasattr(task, "member_losses"):
         raise ValueError(f"the ensemble objective needs the 'ensemble' task, not {task.name!r}")
-
-    def at(x):
-        """(loss per example, g per example or None, logits); no gradient work at α = 0."""
-        if alpha == 0:
-            loss, logits = task.loss(model, x, targets)
-            return loss, None, logits
-        return member_losses_and_diversity(model, task, x, targets, ridge)
+    mix = cfg.get("mix", "clean+adv")
+    if alpha == 0:  # AP+SE: no gradient work
+        return adversarial(model, task, inputs, targets, gen, {"mix": mix}, threat)
 
     def attacker(z):
-        loss, g, _ = at(z)
-        return loss if g is None else loss + alpha * g
+        losses, g, _ = member_losses_and_diversity(model, task, z, targets, ridge)
+        return losses.sum(1) + sign * alpha * g
 
     with bn_mode(model, threat.bn_mode):
         x_adv = pgd(attacker, inputs, threat, gen)
-    adv_loss, g, adv_logits = at(x_adv)
-    loss = mixed(model, task, inputs, targets, adv_loss, cfg.get("mix", "clean+adv"))
-    if g is not None:
-        loss = loss + sign * alpha * g.mean()
-    return loss, adv_logits
+    adv_losses, g, adv_logits = member_losses_and_diversity(model, task, x_adv, targets, ridge)
+    loss = mixed(model, task, inputs, targets, adv_losses.mean(1), mix)
+    return loss + sign * alpha * g.mean(), adv_logits
 
 
 OBJECTIVES = {"standard": standard, "adversarial": adversarial, "trades": trades, "smoothing": smoothing,

@@ -16,8 +16,9 @@ from conftest import ROOT, TINY_MODEL, train_spec
 
 from advss import protocol as P
 from advss.attacks import Threat
-from advss.objectives import RIDGE, log_det_diversity, member_losses_and_diversity
+from advss.objectives import RIDGE, log_det_diversity, logdet_spd, member_losses_and_diversity
 from advss.io import generator
+from advss import objectives
 from advss.objectives import OBJECTIVES
 from advss.pretext import build_task
 from advss.pretext.jigsaw import Jigsaw
@@ -51,6 +52,49 @@ def test_log_det_is_zero_for_orthogonal_and_very_negative_for_parallel_gradients
     assert abs(float(g_par) - (math.log(3) + 2 * math.log(RIDGE))) < 0.05            # eigenvalues 3, ridge, ridge: ≈ −21.9
     mixed = torch.stack([v, v + 0.3 * torch.randn(d), torch.randn(d)])[None]
     assert float(g_par) < float(log_det_diversity(mixed)) < float(g_orth)            # more aligned, lower g
+
+
+def _grams(k, n=400, seed=0):
+    """Random k×k Gram matrices GᵀG + ridge·I of normalised columns: generic ones and
+    near-singular ones (columns parallel up to 1e-3 … 0, or a zero column)."""
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(n, 40, k, dtype=torch.float64, generator=gen)
+    v = torch.randn(n, 40, 1, dtype=torch.float64, generator=gen)
+    near = [v * torch.tensor([1.0, -2.0, 0.5, 3.0][:k], dtype=torch.float64)
+            + s * torch.randn(n, 40, k, dtype=torch.float64, generator=gen) for s in (1e-3, 1e-6, 1e-9, 0.0)]
+    zero = g.clone()
+    zero[..., -1] = 0
+    g = torch.cat([g, *near, zero])
+    g = g / (g.norm(dim=1, keepdim=True) + 1e-10)
+    return g.transpose(1, 2) @ g + RIDGE * torch.eye(k, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_closed_form_log_det_equals_torch_logdet_in_float64(k):
+    a = _grams(k)
+    ref = torch.logdet(a)
+    assert float(ref.min()) < (k - 1) * math.log(RIDGE) + math.log(k) + 0.1   # parallel columns are in there
+    got = logdet_spd(a)
+    assert got.dtype == torch.float64
+    assert float((got - ref).abs().max()) < 1e-10
+
+
+def test_log_det_calls_no_linear_algebra_library(monkeypatch):
+    """cuSOLVER (cholesky, logdet, det) is not known to be capturable in a CUDA graph, and
+    it checks its result on the host: g is built from elementwise ops alone."""
+    grads = torch.randn(5, 3, 3, 8, 8)
+    g = grads.flatten(2).double()
+    g = g / g.norm(dim=2, keepdim=True)
+    ref = torch.logdet(g @ g.transpose(1, 2) + RIDGE * torch.eye(3, dtype=torch.float64)).float()
+
+    def refuse(*a, **k):
+        raise AssertionError("a linear-algebra library call")
+
+    for name in ("cholesky", "cholesky_ex", "det", "slogdet", "logdet", "lu_factor", "lu_factor_ex", "eigvalsh"):
+        monkeypatch.setattr(torch.linalg, name, refuse, raising=False)
+    for name in ("logdet", "det", "slogdet", "cholesky"):
+        monkeypatch.setattr(torch, name, refuse)
+    torch.testing.assert_close(log_det_diversity(grads), ref, atol=1e-6, rtol=0)
 
 
 def test_g_is_differentiable_with_respect_to_the_shared_trunk():
@@ -88,9 +132,9 @@ def test_sign_key_flips_the_regulariser_in_the_weights_loss():
     model, task = ensemble_model()
     _, inputs, targets = batch(task)
     alpha = 0.5
-    plus, _ = _loss("ensemble", {"alpha": alpha, "sign": 1}, model, task, inputs, targets, steps=1)
-    minus, _ = _loss("ensemble", {"alpha": alpha, "sign": -1}, model, task, inputs, targets, steps=1)
-    # the attacker is the same (it always ascends ℓ̄ + α·g), so the losses differ by 2·α·mean(g), g in (−22, 0]
+    # no attack steps (δ = 0): the two weights' losses differ by 2·α·mean(g), g in (−22, 0]
+    plus, _ = _loss("ensemble", {"alpha": alpha, "sign": 1}, model, task, inputs, targets, steps=0)
+    minus, _ = _loss("ensemble", {"alpha": alpha, "sign": -1}, model, task, inputs, targets, steps=0)
     g_mean = (plus - minus).item() / (2 * alpha)
     assert 2 * math.log(RIDGE) + math.log(3) < g_mean < 0
     with pytest.raises(ValueError, match="sign"):
@@ -154,6 +198,40 @@ def test_one_step_of_minus_sign_raises_g_and_plus_sign_lowers_it(seed):
         after[sign] = g_mean(model)
     assert -8 < g0 < -1                                                # aligned, but not parallel
     assert after[-1] > g0 + 1e-3 and after[1] < g0 - 1e-3, (g0, after)
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_attack_ascends_the_summed_member_losses_plus_sign_alpha_g(sign, monkeypatch):
+    """Eq. (3) and the reference's PGD_attack_3module: the attack's direction is the input
+    gradient of Σᵢ ℓᵢ + sign·α·g (not of their mean, and with the update's sign), here
+    with g recomputed by torch.logdet. One L2 step from δ = 0 shows the whole direction."""
+    torch.manual_seed(0)
+    x = 0.25 + 0.5 * torch.rand(8, 3, 16)
+    targets = torch.randint(0, 4, (8, 3))
+    model, task, alpha = ToyMembers(), ToyTask(), 1.0
+    step = 1e-4
+    threat = Threat(norm="l2", eps=1.0, step=step, steps=1, random_start=False)
+
+    def direction(z):
+        z = z.detach().requires_grad_(True)
+        losses, _ = task.member_losses(model, z, targets)
+        grads, = torch.autograd.grad(losses.sum(), z, create_graph=True)
+        g = grads.double() / (grads.double().norm(dim=2, keepdim=True) + 1e-10)
+        g = torch.logdet(g @ g.transpose(1, 2) + RIDGE * torch.eye(3, dtype=torch.float64)).float()
+        d, = torch.autograd.grad((losses.sum(1) + sign * alpha * g).sum(), z)
+        return d / d.flatten(1).norm(dim=1).view(-1, 1, 1)
+
+    seen = {}
+    real = objectives.pgd
+
+    def spy(loss_fn, x0, threat, gen):
+        out = real(loss_fn, x0, threat, gen)
+        seen["step"] = (out - x0) / step
+        return out
+
+    monkeypatch.setattr(objectives, "pgd", spy)
+    OBJECTIVES["ensemble"](model, task, x, targets, generator(3, "cpu"), {"alpha": alpha, "sign": sign}, threat)
+    torch.testing.assert_close(seen["step"], direction(x), atol=2e-3, rtol=0)
 
 
 # ------------------------------------------------------------------ the task
@@ -263,6 +341,10 @@ def test_each_sign_is_its_own_pretraining_and_table5_asks_for_both(tmp_path):
     assert {k: v["objective"].get("sign") for k, v in specs.items()} == {
         model.format("ensemble-se"): None, model.format("ensemble-dpe"): 1, model.format("ensemble-dpe-neg"): -1}
     assert all(v["objective"]["alpha"] == 0.1 for k, v in specs.items() if "dpe" in k)
+    # a fix of the α > 0 objective (protocol.REVISION["ensemble"]) reruns AP+DPE's pretrainings, not AP+SE's
+    assert {k: v["revision"].get("ensemble") for k, v in specs.items()} == {
+        model.format("ensemble-se"): None, model.format("ensemble-dpe"): P.REVISION["ensemble"],
+        model.format("ensemble-dpe-neg"): P.REVISION["ensemble"]}
     # the older one-value `sign` still works: sign −1 trains ensemble-dpe-neg only (ensemble-dpe stays +1)
     p, specs = _dry_run_specs(tmp_path, {"sign": -1}, f"results/{run}/tables/table5.csv")
     assert p.returncode == 0 and model.format("ensemble-dpe") not in specs

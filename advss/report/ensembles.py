@@ -9,10 +9,12 @@ from advss.io import read_json
 from advss.report.transfer import scenario
 from advss.results import autoattack_ensemble_column, ensemble_dir, finetune_result
 from advss.tables import aggregate, autoattack_note, drop_empty, result_columns, seeds_phrase, write_table
-SIGN_EFFECT = {  # what each sign of α·g in the weights' loss does to g, for Table 5's caption
-    1: "the weights minimise ℓ + α·g, as eq. (3) and the reference code do; this pushes g down, "
+SIGN_EFFECT = {  # what each sign s of α·g does in the attack and in the update, for Table 5's caption
+    1: "the attack ascends Σᵢℓᵢ + α·g, seeking inputs where the members' input gradients disagree, and the "
+       "weights minimise ℓ + α·g, as eq. (3) and the reference code do; the update pushes g down, "
        "pulling the members' input gradients together (aligned)",
-    -1: "the weights minimise ℓ − α·g, the diversity-promoting reading of the text; this pushes g up, "
+    -1: "the attack ascends Σᵢℓᵢ − α·g, seeking inputs where they align, and the weights minimise ℓ − α·g, "
+        "the diversity-promoting reading of the text; the update pushes g up, "
         "pushing the members' input gradients apart (towards orthogonal)",
 }
 
@@ -45,7 +47,10 @@ def table5(spec: dict, prefix):
     caption = (f"Table 5 ({spec['run']}): single-task (P3,F4) models vs ensemble adversarial pretraining without "
                f"(AP+SE, α = 0) and with the log-det regulariser (AP+DPE, α = {spec['ensemble_alpha']}), each "
                f"fine-tuned alike. g = log det(GᵀG + ridge·I) of the members' normalised input gradients is ≤ 0, "
-               f"and 0 when they are orthogonal; the attacker ascends ℓ̄ + α·g under either sign. {effects} "
+               f"and 0 when they are orthogonal. Each sign s enters both sides alike, a min-max of the loss + s·α·g: "
+               f"the attack (PGD on the members' inputs jointly) ascends Σᵢℓᵢ + s·α·g, the members' losses summed as "
+               f"in eq. (3), and the weights descend ℓ + s·α·g, ℓ the clean+adv mean of the members' losses as in "
+               f"the reference code. {effects} "
                f"Test TA / RA (PGD-{spec['eval_steps']}, %) and epochs to best validation RA, {seeds_phrase(n)}; "
                f"paper values (CIFAR-10, ResNet-50) beside, its one AP+DPE beside each sign.{aa_note}")
     return write_table(display, agg, prefix, caption, spec["config_hash"])

@@ -17,8 +17,10 @@ def ensemble_pretrain_spec(wildcards):
     members = ENS["members"]
     variant = wildcards.pt.removeprefix("ensemble-")
     objective = {"kind": "ensemble", "alpha": 0.0, "mix": config["pretrain"].get("adv_mix", "clean+adv")}
-    if variant != "se":
+    revision = {k: P.REVISION[k] for k in ("pgd", "train", *members)}
+    if variant != "se":  # AP+SE (α = 0) is the plain adversarial objective: no `ensemble` revision
         objective.update(alpha=ENS["alpha"], sign=ENS_VARIANT_SIGN[variant], ridge=ENS["ridge"])
+        revision["ensemble"] = P.REVISION["ensemble"]
     return _dump({
         **_common_spec(wildcards.seed),
         "task": "ensemble",
@@ -30,7 +32,7 @@ def ensemble_pretrain_spec(wildcards):
         "batch_size": ENS["batch_size"],
         "augment": config["pretrain"].get("augment", True),
         "optim": ENS["optim"],
-        "revision": {k: P.REVISION[k] for k in ("pgd", "train", *members)},
+        "revision": revision,
     })
 
 
