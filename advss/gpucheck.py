@@ -28,6 +28,8 @@ from pathlib import Path
 
 import yaml
 
+from advss import protocol as P
+
 ROOT = Path(__file__).resolve().parent.parent
 PAPER_THREAT = {"norm": "linf", "eps": "8/255", "step": "2/255", "train_steps": 10, "eval_steps": 20,
                 "random_start": True, "bn_mode_when_crafting": "train"}
@@ -40,11 +42,12 @@ def _finetunes():
     out += [("rotation-adv", f) for f in ("F1", "F2", "F3", "F4")]
     out += [("selfie-adv", f) for f in ("F1", "F2", "F4")]
     out += [("ensemble-dpe", f) for f in ("F1", "F2", "F4")]
+    out += [("acl", "F4")]  # from a dual-BN trunk, exported with one BN
     return out
 
 
 PRETRAIN_KINDS = ["rotation-std", "rotation-adv", "jigsaw-std", "jigsaw-adv", "selfie-std", "selfie-adv",
-                  "ensemble-se", "ensemble-dpe", "rotation-smooth", "rotaux"]
+                  "ensemble-se", "ensemble-dpe", "rotation-smooth", "rotaux", "simclr", "acl", "dynacl"]
 EVAL_KINDS = ["evaluate", "autoattack", "unforeseen", "corruptions", "transfer", "ensemble-eval"]
 FT_MODES = {"F1": (True, False), "F2": (True, True), "F3": (False, False), "F4": (False, True)}
 
@@ -72,6 +75,8 @@ def pretrain_spec(kind, a, cfg, model, fast):
         obj = {"kind": "ensemble", "alpha": 0.0 if kind == "ensemble-se" else 0.1, "sign": 1, "mix": "clean+adv"}
         return {**s, "task": "ensemble", "objective": obj, "eval_ra": True,
                 "pretext": {"ensemble": {"members": members, "pretext": {t: pretext.get(t, {}) for t in members}}}}
+    if kind in P.CONTRASTIVE:  # the successors: SimCLR, ACL (dual BN), DynACL
+        return {**s, **P.contrastive_spec(kind, pretext.get("contrastive", {}))}
     if kind == "rotaux":
         return {**s, "stage": "finetune", "task": "rotaux", "pretext": {"rotaux": {"rot_weight": 0.5}},
                 "objective": {"kind": "adversarial", "mix": "adv"}, "eval_ra": True}

@@ -61,8 +61,23 @@ ENSEMBLE_DPE = {1: ("dpe", "AP+DPE (+α·g, Eq. 3)"), -1: ("dpe-neg", "AP+DPE (�
 ENSEMBLE_VARIANT_RE = "|".join(["se", *(v for v, _ in ENSEMBLE_DPE.values())])
 ENSEMBLE_PT_RE = rf"ensemble-({ENSEMBLE_VARIANT_RE})"
 SRC_RE += "|" + ENSEMBLE_PT_RE
+# The paper's successors (issue 20; advss/pretext/contrastive.py, rules/robust_ssl_inputs.smk):
+# contrastive pretrainings, one pretrained-model id per method, each with the paper's P mode.
+# Kept out of TASKS, so that Table 3's sweep over the 2020 tasks does not grow; the config
+# section `robust_ssl` trains them. 'acl' is ACL's dual-stream (DS) variant with dual BN,
+# the one the ACL paper reports best; 'dynacl' adds DynACL's annealed schedule to it.
+CONTRASTIVE = {
+    "simclr": {"p": "P2", "objective": {"kind": "standard"}, "pretext": {}},
+    "acl": {"p": "P3", "objective": {"kind": "acl"}, "pretext": {"dual_bn": True}},
+    "dynacl": {"p": "P3", "objective": {"kind": "acl"}, "pretext": {"dual_bn": True, "schedule": "dynacl"}},
+}
+CONTRASTIVE_LABEL = {"simclr": "SimCLR", "acl": "ACL (DS)", "dynacl": "DynACL"}
+CONTRASTIVE_RE = "|".join(CONTRASTIVE)
+SRC_RE += "|" + CONTRASTIVE_RE
+# The successors' names for our fine-tuning modes (RobustSSL_Benchmark's SLF / ALF / AFF).
+SUCCESSOR_FT = {"F1": "SLF", "F2": "ALF", "F4": "AFF"}
 # Every pretrained-model id (one `pretrain` rule trains them all): per task, ablated, ensemble.
-PRETRAIN_RE = "|".join([PT_RE, ABLATION_PT_RE, ENSEMBLE_PT_RE])
+PRETRAIN_RE = "|".join([PT_RE, ABLATION_PT_RE, ENSEMBLE_PT_RE, CONTRASTIVE_RE])
 # Ensembles of fine-tuned models: 'a+b+...' of task names (Table 6 from one member on;
 # AutoAttack's ensembles from two).
 MEMBERS_RE = rf"({TASK_RE})(\+({TASK_RE}))*"
@@ -155,10 +170,22 @@ def parse_ft(ft: str) -> tuple[bool, bool]:
 def pretrain_kind(pt: str) -> str:
     """Which spec a pretrained-model id gets: 'task' (P2/P3 of one task), 'ensemble'
     (Table 5) or 'ablation' (Table 7's pools, Table 8's smoothing)."""
-    for kind, rx in (("task", PT_RE), ("ensemble", ENSEMBLE_PT_RE), ("ablation", ABLATION_PT_RE)):
+    for kind, rx in (("task", PT_RE), ("ensemble", ENSEMBLE_PT_RE), ("ablation", ABLATION_PT_RE),
+                     ("contrastive", CONTRASTIVE_RE)):
         if re.fullmatch(rx, pt):
             return kind
     raise ValueError(f"bad pretrained-model id {pt!r}; expected {PRETRAIN_RE}")
+
+
+def contrastive_spec(method: str, options: dict | None = None) -> dict:
+    """The spec keys of a contrastive pretraining (the workflow's and gpucheck's): the
+    'contrastive' task with the method's fixed options over the config's, its objective,
+    RA validated for P3, and no crop/flip of the loop (the task draws its own views)."""
+    if method not in CONTRASTIVE:
+        raise ValueError(f"unknown contrastive method {method!r}; choose from {sorted(CONTRASTIVE)}")
+    m = CONTRASTIVE[method]
+    return {"task": "contrastive", "pretext": {"contrastive": {**(options or {}), **m["pretext"]}},
+            "objective": dict(m["objective"]), "eval_ra": m["p"] == "P3", "augment": False}
 
 
 def parse_pt(pt: str) -> tuple[str, str]:
