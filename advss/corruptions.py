@@ -18,7 +18,10 @@ ImageMagick via wand), batched over images. Differences from the original:
   re-implemented (one-sided line kernel of width 2*ceil(radius)+1, Gaussian
   weights exp(-i^2/2 sigma^2), integer offsets along the angle, edges
   replicated); ImageMagick's own edge handling and rounding may differ.
-- glass_blur: the same sequential local pixel swaps, vectorised over the batch.
+- glass_blur: the same sequential local pixel moves as the released files,
+  vectorised over the batch. The original's "swap" `x[h, w], x[h', w'] =
+  x[h', w'], x[h, w]` runs on numpy views: x[h, w] takes x[h', w']'s value and
+  x[h', w'] keeps its own, as the right-hand view now shows it. A copy, not a swap.
 - skimage/cv2/scipy filters are replaced by torch convolutions with the same
   kernels and border modes (skimage `gaussian`: truncate 4, 'nearest';
   cv2 filter2D / warpAffine: reflect-101; scipy map_coordinates and zoom: order 1).
@@ -201,8 +204,7 @@ def glass_blur(x, s, rng):
         for i in range(h - delta, delta, -1):
             for j in range(w - delta, delta, -1):
                 dx, dy = torch.from_numpy(rng.integers(-delta, delta, (2, n)))  # np.random.randint(-d, d)
-                a, c = x[b, :, i, j].clone(), x[b, :, i + dy, j + dx].clone()
-                x[b, :, i, j], x[b, :, i + dy, j + dx] = c, a
+                x[b, :, i, j] = x[b, :, i + dy, j + dx]  # a copy, as released (module docstring)
     return _gaussian(x, sigma)
 
 

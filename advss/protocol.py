@@ -39,8 +39,11 @@ TABLE3_SCENARIOS = (
 # partial fine-tuning freezes the transferred prefixes only, smoothing noise unclipped;
 # evaluate 2: test numbers in fp32 whatever the training precision; ensemble 2 (AP+DPE's
 # pretrainings only, the α > 0 path of advss.objectives.ensemble): the attack sums the member
-# losses as eq. (3) does and carries the update's sign of α·g; the log-det in closed form.
-REVISION = {"data": 1, "pgd": 1, "rotation": 1, "jigsaw": 2, "selfie": 1, "train": 2, "evaluate": 2, "ensemble": 2}
+# losses as eq. (3) does and carries the update's sign of α·g; the log-det in closed form;
+# corruptions 2 (the CIFAR-10-C suite's jobs only): generated glass blur copies pixels as the
+# released files do, not swaps them.
+REVISION = {"data": 1, "pgd": 1, "rotation": 1, "jigsaw": 2, "selfie": 1, "train": 2, "evaluate": 2, "ensemble": 2,
+            "corruptions": 2}
 
 # Grammar of path segments, derived from TASKS (the one list of task names).
 TASK_RE = "|".join(TASKS)

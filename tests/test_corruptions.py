@@ -97,3 +97,36 @@ def test_loader_errors_clearly(tmp_path):
         load_cifar10c(tmp_path, "rain", 1)
     with pytest.raises(ValueError, match="severity"):
         load_cifar10c(tmp_path, "snow", 6)
+
+
+def released_glass_shuffle(x, c, offsets):
+    """make_cifar_c.py's glass-blur loop on one H×W×3 uint8 image, transcribed as written
+    (CIFAR-10 range(32 - c[1], c[1], -1)); `offsets()` stands in for np.random.randint(-c[1], c[1], size=(2,))."""
+    for i in range(c[2]):
+        for h in range(32 - c[1], c[1], -1):
+            for w in range(32 - c[1], c[1], -1):
+                dx, dy = offsets()
+                h_prime, w_prime = h + dy, w + dx
+                # swap
+                x[h, w], x[h_prime, w_prime] = x[h_prime, w_prime], x[h, w]
+    return x
+
+
+@pytest.mark.parametrize("severity", [1, 2, 3, 4, 5])
+def test_glass_blur_moves_pixels_as_the_released_files(severity):
+    """The original's tuple 'swap' on numpy views copies x[h', w'] into x[h, w] and leaves
+    x[h', w'] as it was: the released CIFAR-10-C, which `corrupt` must reproduce. The same
+    offsets (advss draws them per position for the whole batch, (2, N) at a time) and the
+    same Gaussian on both sides, so what is compared is the pixel moves."""
+    from advss.corruptions import _gaussian
+
+    c = [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)][severity - 1]
+    x = images(n=3, seed=severity).float() / 255
+    got = corrupt(x, "glass_blur", severity, seed=11)
+    quantised = np.uint8(_gaussian(x, c[0]).numpy() * 255).transpose(0, 2, 3, 1).copy()
+    rng = np.random.default_rng(11)
+    draws = np.stack([rng.integers(-c[1], c[1], (2, len(x))) for _ in range(c[2] * (32 - 2 * c[1]) ** 2)])
+    moved = np.stack([released_glass_shuffle(q.copy(), c, iter(draws[:, :, k]).__next__) for k, q in enumerate(quantised)])
+    ref = _gaussian(torch.from_numpy(moved).permute(0, 3, 1, 2).float() / 255, c[0]).clamp(0, 1)
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
+    assert not torch.equal(torch.from_numpy(moved), torch.from_numpy(quantised))  # pixels did move

@@ -296,3 +296,22 @@ def test_figures_mark_the_uncalibrated_attacks(monkeypatch, tmp_path):
     ticks = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels()]
     assert {"fog†", "snow†", "pgd_linf"} <= set(ticks) and "fog" not in ticks
     assert any("UNCALIBRATED" in t.get_text() for t in fig.texts)
+
+
+def test_a_corruptions_fix_reruns_the_cifar10c_jobs_only(tmp_path):
+    """protocol.REVISION['corruptions'] reaches the corruption suite's specs, not AutoAttack's
+    or the unforeseen attacks' (hours on a GPU, and untouched by advss/corruptions.py)."""
+    import shlex
+
+    from test_workflow import snakemake
+
+    targets = [f"results/mini/tables/{t}.csv" for t in ("autoattack", "unforeseen", "cifar10c")]
+    p = snakemake(*targets, "-n", "-p", "--configfile", ROOT / "tests/configs/mini.yaml", cwd=tmp_path)
+    revisions = {}
+    for line in p.stdout.splitlines():
+        if line.startswith("Shell command: python -m advss robustness "):
+            args = shlex.split(line.removeprefix("Shell command: ").split(" > ")[0])
+            revisions.setdefault(args[4], []).append(json.loads(args[args.index("--spec") + 1])["revision"])
+    assert set(revisions) == {"autoattack", "unforeseen", "corruptions"}
+    assert all(r.get("corruptions") == P.REVISION["corruptions"] for r in revisions["corruptions"])
+    assert not any("corruptions" in r for s in ("autoattack", "unforeseen") for r in revisions[s])

@@ -51,6 +51,8 @@ def robustness_spec(wildcards):
         suite: part,
         "revision": {"robustness": P.ROBUSTNESS_REVISION, "pgd": P.REVISION["pgd"]},
     }
+    if suite == "corruptions":  # a fix of the generated corruptions (advss/corruptions.py) reruns these only
+        spec["revision"]["corruptions"] = P.REVISION["corruptions"]
     spec.pop("fast", None)  # attacks run in fp32 always: the GPU fast-path settings do not apply
     if suite != "autoattack":
         spec.pop("threat")  # no L∞ ball in these suites: a threat change must not rerun them
