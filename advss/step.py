@@ -19,8 +19,9 @@ replays fixed kernels on fixed memory, so the step is written for it:
   * nothing in the step reads a value back to the host.
 
 The same step function runs eagerly on a CPU and wherever graphs are off, so the CPU
-tests exercise it; `FakeGraph` replays the step's Python on a CPU to test the runner's
-buffer plumbing (inputs, draws, lr) without CUDA.
+tests exercise it; `FakeGraph` stands in for capture on a CPU (a capture that leaves no
+trace, then replays of the step's Python) to test the runner's buffer plumbing (inputs,
+draws, lr), its failure paths and its replay check without CUDA.
 """
 from __future__ import annotations
 
@@ -142,49 +143,178 @@ def train_step(model, task, objective, obj_cfg, threat, opt, bf16, inputs, targe
 
 
 # ------------------------------------------------------------------ the runner
-class FakeGraph:
-    """A CPU stand-in for torch.cuda.CUDAGraph: `capture` records the step's Python,
-    `replay` runs it again on the same static buffers. It tests the runner's plumbing
-    (static inputs, refilled draws, the lr tensor); only CUDA removes launch cost."""
+def describe(e: BaseException) -> str:
+    """One line for the log: the exception's first line (its repr when the message is
+    empty), and the error it was raised while handling, which is where CUDA's generic
+    "operation failed due to a previous error during capture" keeps the real cause."""
+    def one(x):
+        first = str(x).strip().splitlines()
+        return f"{type(x).__name__}: {first[0][:200]}" if first else repr(x)
 
-    def __init__(self):
-        self.fn = None
+    ctx = e.__cause__ or e.__context__
+    return one(e) + (f" (while handling {one(ctx)})" if ctx is not None else "")
+
+
+class _Snapshot:
+    """Everything a step mutates: parameters, buffers (BatchNorm statistics), optimiser
+    state (momentum), the batch generator and the default generators (dropout). Taken
+    once per job around capture, so that a failed capture, a failed first replay or the
+    replay check leaves exactly the state an eager run would have."""
+
+    def __init__(self, tensors, gen, dev):
+        with torch.no_grad():
+            self.saved = [t.detach().clone() for t in tensors]
+        self.tensors, self.gen, self.dev = tensors, gen, dev
+        self.gen_state = gen.get_state() if gen is not None else None
+        self.cpu_rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None
+
+    @torch.no_grad()
+    def restore(self, tensors=True):
+        if tensors:
+            for t, s in zip(self.tensors, self.saved):
+                t.detach().copy_(s)
+        self.restore_rng()
+
+    def restore_rng(self):
+        if self.gen is not None:
+            self.gen.set_state(self.gen_state)
+        torch.set_rng_state(self.cpu_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.cuda_rng, self.dev)
+
+
+class FakeGraph:
+    """A CPU stand-in for a CUDA graph, as strict about state as capture is: `capture`
+    runs the step and then undoes everything it changed (CUDA capture executes no kernel,
+    so nothing persists), and `replay` runs the step's Python again on the same static
+    buffers. It cannot freeze host values the way a real graph does; that is what the
+    on-device replay check of `StepRunner` is for.
+
+    `fail=(where, message, halfway)` injects a failure for the tests: at 'capture' or at
+    the first 'replay', with that message ('' for an empty one), raised before the step
+    runs or, with halfway, after it has changed weights, BN statistics and momentum."""
+
+    def __init__(self, undo=None, fail=None):
+        self.fn, self.undo, self.fail, self.replays = None, undo, fail, 0
+
+    def _maybe_fail(self, where, fn):
+        if not self.fail or self.fail[0] != where or (where == "replay" and self.replays > 1):
+            return fn()
+        _, message, halfway = self.fail
+        if halfway:  # the step's forward passes, BN updates, backward and SGD update all ran
+            fn()
+        raise RuntimeError(message)
 
     def capture(self, fn):
         self.fn = fn
-        return fn()  # FakeGraph runs at capture; the runner does not replay it again
+        self._maybe_fail("capture", fn)
+        if self.undo is not None:
+            self.undo()
 
     def replay(self):
-        return self.fn()
+        self.replays += 1
+        return self._maybe_fail("replay", self.fn)
+
+
+_FakeGraphBase = FakeGraph  # the class itself; `FakeGraph` is what the runner builds (tests replace it)
+
+
+def _cuda_capture(graph, fn, dev):
+    """torch.cuda.graph's capture without its trap: its __exit__ calls capture_end()
+    before leaving the stream context, so a failing capture_end left the job on the
+    capture stream. Here the stream context always exits, and a step that raises still
+    ends the capture (its own error stays the one reported)."""
+    import gc
+
+    torch.cuda.synchronize(dev)
+    gc.collect()
+    torch.cuda.empty_cache()
+    side = torch.cuda.Stream(dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):
+        graph.capture_begin()
+        try:
+            out = fn()
+        except BaseException:
+            try:
+                graph.capture_end()
+            except Exception:  # noqa: BLE001 - the step's error is the cause, raised below
+                pass
+            raise
+        graph.capture_end()
+    torch.cuda.current_stream(dev).wait_stream(side)
+    return out
+
+
+# Replay check tolerances (bf16 autocast and cuDNN's algorithm choice make a replay differ
+# from an eager step in the last bits, not in direction): the loss to 1e-2 relative, and
+# the parameter update of the two runs at a cosine of at least 0.99.
+REPLAY_LOSS_RTOL = 1e-2
+REPLAY_MIN_COSINE = 0.99
 
 
 class StepRunner:
     """Calls `step(inputs, targets, draws, lr)` for each batch: eagerly, or as a CUDA
-    graph captured after `warmup` eager steps (which are real training steps, run on
-    a side stream as CUDA requires). If capture fails the runner says so in the log
-    and stays eager: the job finishes either way."""
+    graph captured after `warmup` eager steps (real training steps, run on a side stream
+    as CUDA requires; on CUDA all but the first, which compiles, run with
+    `torch.cuda.set_sync_debug_mode("error")` so that a hidden host sync surfaces before
+    capture). The batch after capture is replayed, then run again eagerly from the same
+    snapshot with the same draws: if loss or update disagree, the graph is dropped.
 
-    def __init__(self, step, device, graphs: str = "off", warmup: int = 3, log=print):
+    `mode` says which path really ran: 'off' (graphs not requested), 'warm-up' (not yet
+    captured), 'captured' or 'fallback: <reason>'. Any failure falls back to eager with
+    the state an eager run would have, and says why in the log, once."""
+
+    def __init__(self, step, device, graphs: str = "off", warmup: int = 3, log=print, model=None, opt=None):
         if graphs not in ("off", "cuda", "fake"):
             raise ValueError(f"graphs must be off, cuda or fake, not {graphs!r}")
-        self.step, self.dev, self.graphs, self.warmup, self.log = step, device, graphs, warmup, log
+        self.step, self.dev, self.graphs, self.warmup, self.log = step, torch.device(device), graphs, warmup, log
+        self.model, self.opt = model, opt
         self.lr = torch.zeros((), device=device)
         self.draws = Draws()
         self.calls = 0
         self.graph = None
         self.static = None  # (inputs, targets) buffers
         self.out = None
-        self.captured = False
+        self.mode = "off" if graphs == "off" else "warm-up"
+        self.check = None  # the replay check's figures
+        self.logged_mode = None  # the mode the job log last reported (train.run_epoch)
+
+    @property
+    def captured(self) -> bool:
+        return self.mode == "captured"
+
+    @property
+    def steady(self) -> bool:
+        """No more warm-up, capture or check work to come: batches from here are timed."""
+        return self.mode != "warm-up"
+
+    def _tensors(self):
+        ts = []
+        if self.model is not None:
+            ts += list(self.model.parameters()) + list(self.model.buffers())
+        if self.opt is not None:
+            ts += [v for st in self.opt.state.values() for v in st.values() if torch.is_tensor(v)]
+        return ts
+
+    def _params(self):
+        if self.opt is not None:
+            return [p for g in self.opt.param_groups for p in g["params"]]
+        return list(self.model.parameters()) if self.model is not None else []
+
+    def _eager(self, inputs, targets, gen):
+        return self.step(inputs, targets, Draws().start(gen), self.lr)
 
     def __call__(self, inputs, targets, gen, lr: float):
         self.lr.fill_(lr)
-        if self.graphs == "off":
-            return self.step(inputs, targets, self.draws.start(gen), self.lr)
+        if self.mode == "off" or self.mode.startswith("fallback"):
+            return self._eager(inputs, targets, gen)
         if self.static is None:
             self.static = (torch.empty_like(inputs), torch.empty_like(targets))
         si, st = self.static
         if inputs.shape != si.shape or targets.shape != st.shape:  # a shape the graph does not hold
-            return self.step(inputs, targets, Draws(gen), self.lr)
+            return self._eager(inputs, targets, gen)
         si.copy_(inputs)
         st.copy_(targets)
         self.calls += 1
@@ -193,45 +323,110 @@ class StepRunner:
             self._replay()
             return self.out
         if self.calls <= self.warmup:
-            with self._side_stream():
-                return self.step(si, st, self.draws.start(gen), self.lr)
-        return self._capture(gen)
+            return self._warmup_step(si, st, gen)
+        return self._capture_and_check(si, st, gen)
 
-    @contextlib.contextmanager
-    def _side_stream(self):
-        if self.graphs != "cuda":
-            yield
+    def _fallback(self, reason, snap, si, st):
+        """Drop the graph, put back the state an eager run would have, run this batch eagerly."""
+        self.graph, self.draws, self.mode = None, Draws(), f"fallback: {reason}"
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+        snap.restore()
+        self._generators_usable(snap)
+        self.log(f"CUDA graphs off for the rest of this job: {reason}; it continues eagerly"
+                 if self.graphs == "cuda" else f"graph stand-in off for the rest of this job: {reason}")
+        return self._eager(si, st, snap.gen)
+
+    def _generators_usable(self, snap):
+        """A capture that failed in cudaStreamEndCapture skips torch's capture epilogue and
+        can leave the default CUDA generator marked as capturing: the next dropout would fail.
+        Draw once to see; restore its state once; otherwise stop with a clear error."""
+        if self.dev.type != "cuda":
             return
+        for attempt in range(2):
+            try:
+                torch.rand(1, device=self.dev)
+                return
+            except RuntimeError as e:
+                if attempt:
+                    raise RuntimeError("the default CUDA generator is unusable after a failed CUDA-graph capture "
+                                       f"({describe(e)}); rerun this job with fast.cuda_graphs: false") from e
+                snap.restore_rng()
+
+    def _warmup_step(self, si, st, gen):
+        if self.graphs != "cuda":
+            return self.step(si, st, self.draws.start(gen), self.lr)
         s = torch.cuda.Stream(self.dev)
         s.wait_stream(torch.cuda.current_stream(self.dev))
-        with torch.cuda.stream(s):
-            yield
-        torch.cuda.current_stream(self.dev).wait_stream(s)
-
-    def _capture(self, gen):
-        si, st = self.static
-        self.draws.make_static()
-        self.draws.refill(gen)
+        guard = self.calls > 1  # the first step compiles, and inductor's autotuning synchronises
+        snap = _Snapshot(self._tensors(), gen, self.dev) if guard else None
+        prev = torch.cuda.get_sync_debug_mode()
         try:
+            with torch.cuda.stream(s):
+                if guard:
+                    torch.cuda.set_sync_debug_mode("error")
+                out = self.step(si, st, self.draws.start(gen), self.lr)
+        except RuntimeError as e:
+            torch.cuda.set_sync_debug_mode(prev)
+            torch.cuda.current_stream(self.dev).wait_stream(s)
+            if not guard:
+                raise
+            return self._fallback(f"host sync in the step ({describe(e)})", snap, si, st)
+        finally:
+            torch.cuda.set_sync_debug_mode(prev)
+        torch.cuda.current_stream(self.dev).wait_stream(s)
+        return out
+
+    def _capture_and_check(self, si, st, gen):
+        self.draws.make_static()
+        snap = _Snapshot(self._tensors(), gen, self.dev)
+        fn = lambda: self.step(si, st, self.draws, self.lr)  # noqa: E731
+        try:
+            self.draws.refill(gen)
             if self.graphs == "cuda":
                 self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph):
-                    self.out = self.step(si, st, self.draws, self.lr)
-                self.graph.replay()  # capture records only: run this batch now
+                self.out = _cuda_capture(self.graph, fn, self.dev)
             else:
-                self.graph = FakeGraph()
-                self.out = self.graph.capture(lambda: self.step(si, st, self.draws, self.lr))
-        except Exception as e:  # noqa: BLE001 - any capture failure falls back to eager, visibly
-            self.log(f"CUDA graph capture failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                     "this job continues without CUDA graphs")
-            self.graphs, self.graph, self.draws = "off", None, Draws()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            return self.step(si, st, self.draws.start(gen), self.lr)
-        self.captured = True
+                self.graph = FakeGraph(undo=snap.restore)
+                self.graph.capture(fn)
+            snap.restore()             # nothing of the capture persists (CUDA ran no kernel)
+            self.draws.refill(gen)     # the same draws an eager step takes from this batch
+            self._replay()
+            if self.dev.type == "cuda":
+                torch.cuda.synchronize(self.dev)
+        except Exception as e:  # noqa: BLE001 - any capture or first-replay failure falls back, visibly
+            return self._fallback(f"capture failed: {describe(e)}", snap, si, st)
+        return self._check(snap, si, st)
+
+    def _check(self, snap, si, st):
+        """Run the replayed batch once more eagerly from the same snapshot and compare."""
+        params = self._params()
+        before = {id(t): s for t, s in zip(snap.tensors, snap.saved)}
+        with torch.no_grad():
+            g_loss = self.out[0].detach().double().sum()  # the step's scalar loss
+            g_delta = [(p.detach() - before[id(p)]).double().flatten() for p in params]
+        snap.restore()
+        out = self.step(si, st, Draws().start(snap.gen), self.lr)
+        with torch.no_grad():
+            e_loss = out[0].detach().double().sum()
+            e_delta = [(p.detach() - before[id(p)]).double().flatten() for p in params]
+            dot = sum((a * b).sum() for a, b in zip(g_delta, e_delta)) if params else torch.zeros((), dtype=torch.float64)
+            ng = sum((a * a).sum() for a in g_delta) ** 0.5 if params else torch.zeros((), dtype=torch.float64)
+            ne = sum((b * b).sum() for b in e_delta) ** 0.5 if params else torch.zeros((), dtype=torch.float64)
+            cos = 1.0 if float(ng) == 0 and float(ne) == 0 else float(dot / (ng * ne).clamp_min(1e-300))
+            rel = float((g_loss - e_loss).abs() / e_loss.abs().clamp_min(1e-12))
+        self.check = {"loss_graph": float(g_loss), "loss_eager": float(e_loss), "loss_rel_diff": rel,
+                      "update_cosine": cos, "loss_rtol": REPLAY_LOSS_RTOL, "min_cosine": REPLAY_MIN_COSINE}
+        figures = f"loss {float(g_loss):.6g} vs eager {float(e_loss):.6g} (rel {rel:.1e}), update cosine {cos:.6f}"
+        if not (rel <= REPLAY_LOSS_RTOL and cos >= REPLAY_MIN_COSINE):  # NaN fails too
+            self.graph, self.draws, self.mode = None, Draws(), f"fallback: replay mismatch ({figures})"
+            self.log(f"the captured step disagrees with the eager step: {figures}; the graph is dropped and "
+                     "this job continues eagerly from the eager step's state")
+            return out
+        self.mode = "captured"
         self.log(f"captured the training step as a {'CUDA' if self.graphs == 'cuda' else 'fake (CPU)'} graph "
-                 f"after {self.warmup} eager warm-up steps")
-        return self.out
+                 f"after {self.warmup} eager warm-up steps; replay check: {figures}")
+        return out
 
     def _replay(self):
         if self.graphs == "cuda":

@@ -118,6 +118,7 @@ class LoopState:
     best_ta_epoch: int = 0
     best_ra_state: dict | None = None
     best_ta_state: dict | None = None
+    s_per_batch: list = dataclasses.field(default_factory=list)  # per epoch, after warm-up/capture
 
     def as_dict(self) -> dict:
         """A plain dict of the same objects (no copies), loadable with weights_only."""
@@ -138,6 +139,7 @@ class Job:
     opt: torch.optim.Optimizer
     runner: StepRunner
     fast: dict
+    fast_requested: dict
     frozen: tuple
     transfer: dict | None
     fit: tuple
@@ -177,10 +179,11 @@ def setup(spec: dict, data_path, init=None, resume_dir=None, device="auto", log=
             transfer["frozen_prefixes"] = list(frozen)
     obj = spec["objective"]
     fast = fast_settings(spec, dev)
+    requested = dict(fast)
     if fast["compile"] and needs_double_backward(obj):
         fast["compile"] = False
         log("torch.compile is off for this job: its objective differentiates twice (AP+DPE's log-det "
-            "regulariser), which compiled graphs do not support")
+            "regulariser), which compiled graphs do not support; the step is still captured as a graph")
     apply_fast(model, dev, fast)
     params = [p for p in model.parameters() if p.requires_grad]
     o = spec["optim"]
@@ -207,11 +210,12 @@ def setup(spec: dict, data_path, init=None, resume_dir=None, device="auto", log=
     # weight them twice; a new shape would make torch.compile and the CUDA graph start over.
     steps_per_epoch = len(fx) // bs
     step_fn = functools.partial(train_step, model, task, objective, obj, train_threat, opt, fast["bf16"])
-    runner = StepRunner(step_fn, dev, fast["graphs"], log=log)
+    runner = StepRunner(step_fn, dev, fast["graphs"], log=log, model=model, opt=opt)
     log(f"fast path: bf16 {fast['bf16']}, channels-last {fast['channels_last']}, compile {fast['compile']}, "
         f"graphs {fast['graphs']}; {steps_per_epoch} batches of {bs} per epoch"
         + (f" ({len(fx) - steps_per_epoch * bs} left over each epoch)" if len(fx) % bs else ""))
-    return Job(spec=spec, stage=stage, started=started, dev=dev, model=model, task=task, opt=opt, runner=runner, fast=fast,
+    return Job(spec=spec, stage=stage, started=started, dev=dev, model=model, task=task, opt=opt, runner=runner,
+               fast=fast, fast_requested=requested,
                frozen=frozen, transfer=transfer, fit=(fx, fy), val=(vx, vy), eval_threat=eval_threat, bs=bs,
                epochs=epochs, seed=seed, steps_per_epoch=steps_per_epoch, spec_hash=spec_hash(spec),
                resume_file=Path(resume_dir) / "last.pt" if resume_dir else None, log=log)
@@ -253,7 +257,11 @@ def run_epoch(job: Job, state: LoopState, stop: _Stop, bar: bool, on_epoch=None)
     loss_acc = torch.zeros((), device=dev, dtype=torch.float64)  # on the device: no host sync per batch;
     # float64 so that a resumed epoch (summed in two parts) rounds like an uninterrupted one
     correct_acc = torch.zeros((), device=dev, dtype=torch.float64)
+    steady = None  # (time, batch) from which this epoch's batches are timed: after warm-up and capture
     for b in range(state.batch, steps_per_epoch):
+        if steady is None and job.runner.steady:
+            _sync(dev)
+            steady = (time.time(), b)
         lr = lr_at(o, epoch, epoch * steps_per_epoch + b, steps_per_epoch, epochs)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -283,7 +291,14 @@ def run_epoch(job: Job, state: LoopState, stop: _Stop, bar: bool, on_epoch=None)
                 save_resume(job, state)
                 log(f"received {stop.requested}: saved {job.resume_file} at epoch {epoch + 1} batch {b + 1}; exiting")
             sys.exit(143)
+    _sync(dev)
     seconds = run["seconds"] + time.time() - t0
+    done = steps_per_epoch - steady[1] if steady else 0
+    spb = round((time.time() - steady[0]) / done, 5) if done else None
+    state.s_per_batch.append(spb)
+    if len(state.s_per_batch) == 1 or job.runner.mode != job.runner.logged_mode:
+        job.runner.logged_mode = job.runner.mode
+        log(f"training step path: {step_path(job)}")
     t_eval = time.time()
     # per-epoch validation keeps the training precision (it only selects a checkpoint);
     # the reported test numbers are computed in fp32 (advss.evaluate)
@@ -303,7 +318,7 @@ def run_epoch(job: Job, state: LoopState, stop: _Stop, bar: bool, on_epoch=None)
     eta = (seconds + time.time() - t_eval) * (epochs - epoch - 1)  # training + validation per epoch
     if bar:
         sys.stdout.write("\r\x1b[K")  # erase the bar before the permanent line
-    log(_epoch_line(row, epochs, eta))
+    log(_epoch_line(row, epochs, eta) + (f"  {spb * 1000:.1f} ms/batch after warm-up" if spb else ""))
     if on_epoch:
         on_epoch(row)
     if job.resume_file:
@@ -334,10 +349,26 @@ def finish(job: Job, state: LoopState, select: str, out_model, out_metrics, out_
         best_ra=state.best_ra, best_ra_epoch=state.best_ra_epoch,
         best_ta=state.best_ta, best_ta_epoch=state.best_ta_epoch,
         epochs_to_best=state.best_ra_epoch if select == "val_ra" else state.best_ta_epoch,
-        transfer=job.transfer, fast={k: v for k, v in job.fast.items()}, batches_per_epoch=job.steps_per_epoch,
+        transfer=job.transfer, batches_per_epoch=job.steps_per_epoch,
+        # what ran, beside what was asked: a graph that fell back is recorded as graphs 'off'
+        fast={**job.fast, "graphs": job.fast["graphs"] if job.runner.captured else "off"},
+        fast_requested=job.fast_requested, step_path=step_path(job),
+        replay_check=job.runner.check, s_per_batch_after_warmup=state.s_per_batch,
         val_precision="bf16" if job.fast["bf16"] else "fp32"))
     if job.resume_file and job.resume_file.exists():
         job.resume_file.unlink()
+
+
+def step_path(job: Job) -> str:
+    """The training step's path as it really ran: 'captured', 'fallback: <reason>', 'off',
+    or 'eager (ended during warm-up)' for a job too short to reach capture."""
+    mode = job.runner.mode
+    return "eager (ended during warm-up)" if mode == "warm-up" else mode
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
 def train(spec: dict, data_path, out_model, out_metrics, out_meta, init=None, out_best_ta=None,

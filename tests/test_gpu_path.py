@@ -125,3 +125,118 @@ def test_step_schedule_warms_up_like_the_reference():
     assert lr_at(o, 0, 100, 352, 100) == pytest.approx(0.055)
     assert lr_at(o, 0, 200, 352, 100) == pytest.approx(0.1)
     assert lr_at(o, 60, 60 * 352, 352, 100) == pytest.approx(0.01)
+
+
+# ------------------------------------------------------------------ fallback and replay check
+AT_SPEC = dict(objective={"kind": "adversarial", "mix": "adv"}, epochs=2, batch_size=32)
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def eager_run(tiny_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eager")
+    d, rows = _run(tmp, tiny_data, train_spec(**AT_SPEC, fast={"cuda_graphs": False}), "eager")
+    return rows, torch.load(d / "model.pt", weights_only=False)["state_dict"], json.loads((d / "meta.json").read_text())
+
+
+def _same_model(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("where", ["capture", "replay"])
+@pytest.mark.parametrize("message,halfway", [("", False), ("cudaErrorStreamCaptureInvalidated", False),
+                                             ("operation failed halfway", True)])
+def test_a_failed_capture_or_first_replay_falls_back_to_exactly_the_eager_run(
+        tiny_data, tmp_path, monkeypatch, eager_run, where, message, halfway):
+    """An injected failure at capture or at the first replay, with an empty message, a plain
+    one, or halfway through the step (state half changed): the job finishes with exactly
+    the eager run's metrics and weights, and meta.json and the log say it fell back."""
+    from advss import step
+
+    monkeypatch.setattr(step, "FakeGraph", lambda undo: step._FakeGraphBase(undo, fail=(where, message, halfway)))
+    logs = []
+    d = tmp_path / "f"
+    train(train_spec(**AT_SPEC, fast={"cuda_graphs": True}), tiny_data, d / "model.pt", d / "metrics.csv",
+          d / "meta.json", device="cpu", log=logs.append)
+    rows, model, _ = eager_run
+    with open(d / "metrics.csv") as f:
+        assert _strip(list(csv.DictReader(f))) == _strip(rows)
+    _same_model(torch.load(d / "model.pt", weights_only=False)["state_dict"], model)
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["step_path"].startswith("fallback: capture failed: RuntimeError")
+    assert (message or "RuntimeError('')") in meta["step_path"]
+    assert meta["fast"]["graphs"] == "off" and meta["fast_requested"]["graphs"] == "fake"
+    assert sum("graph stand-in off" in m for m in logs) == 1
+    assert sum(m.startswith("training step path: fallback") for m in logs) == 1
+
+
+def test_a_captured_job_says_so_and_passes_its_replay_check(tiny_data, tmp_path, eager_run):
+    logs = []
+    d = tmp_path / "c"
+    train(train_spec(**AT_SPEC, fast={"cuda_graphs": True}), tiny_data, d / "model.pt", d / "metrics.csv",
+          d / "meta.json", device="cpu", log=logs.append)
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["step_path"] == "captured" and meta["fast"]["graphs"] == "fake"
+    assert meta["replay_check"]["update_cosine"] == pytest.approx(1.0, abs=1e-12)
+    assert meta["replay_check"]["loss_rel_diff"] == 0.0
+    assert len(meta["s_per_batch_after_warmup"]) == 2 and all(s > 0 for s in meta["s_per_batch_after_warmup"])
+    assert any("replay check" in m for m in logs)
+    _same_model(torch.load(d / "model.pt", weights_only=False)["state_dict"], eager_run[1])
+    assert eager_run[2]["step_path"] == "off"
+
+
+def test_a_replay_that_differs_from_eager_is_dropped(tiny_data, tmp_path, monkeypatch, eager_run):
+    """A graph that replays something else than the eager step (here: it also scales every
+    weight, as a frozen stale value would) fails the check; the job keeps the eager state."""
+    from advss import step
+
+    class Wrong(step._FakeGraphBase):
+        def replay(self):
+            out = super().replay()
+            with torch.no_grad():
+                for p in self.params:
+                    p.mul_(1.5)
+            return out
+
+    holder = {}
+
+    def make(undo):
+        g = Wrong(undo)
+        g.params = holder["params"]
+        return g
+
+    real_init = step.StepRunner.__init__
+
+    def init(self, *a, **kw):
+        real_init(self, *a, **kw)
+        holder["params"] = list(kw["model"].parameters())
+
+    monkeypatch.setattr(step.StepRunner, "__init__", init)
+    monkeypatch.setattr(step, "FakeGraph", make)
+    d = tmp_path / "w"
+    train(train_spec(**AT_SPEC, fast={"cuda_graphs": True}), tiny_data, d / "model.pt", d / "metrics.csv",
+          d / "meta.json", device="cpu", log=lambda m: None)
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["step_path"].startswith("fallback: replay mismatch"), meta["step_path"]
+    assert meta["replay_check"]["update_cosine"] < 0.99
+    with open(d / "metrics.csv") as f:
+        assert _strip(list(csv.DictReader(f))) == _strip(eager_run[0])
+
+
+def test_describe_handles_empty_messages_and_names_the_real_cause():
+    from advss.step import describe
+
+    assert describe(RuntimeError("")) == "RuntimeError('')"
+    try:
+        try:
+            raise ValueError("the real cause\nsecond line")
+        except ValueError:
+            raise RuntimeError("operation failed due to a previous error during capture")
+    except RuntimeError as e:
+        d = describe(e)
+    assert "previous error" in d and "ValueError: the real cause" in d and "second line" not in d
