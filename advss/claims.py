@@ -24,7 +24,7 @@ import pandas as pd
 
 from advss import protocol as P
 from advss.io import AdvssError, load_npz, read_json
-from advss.results import ensemble_dir, finetune_dir, finetune_result, transfer_npz
+from advss.results import ensemble_dir, finetune_dir, finetune_result, training_passes, transfer_npz
 from advss.tables import t95
 
 HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "undecided"
@@ -136,7 +136,11 @@ def _per_seed(spec, read) -> dict:
 
 def finetuned(spec, p, f, task, key) -> dict:
     """Per-seed TA/RA (%) or epochs to best of the (p, f) fine-tune of `task`."""
-    src, ft = P.source_id(task, p), P.finetune_id(f)
+    return model_values(spec, P.source_id(task, p), P.finetune_id(f), key)
+
+
+def model_values(spec, src, ft, key) -> dict:
+    """Per-seed TA/RA (%), epochs to best or epochs run of the fine-tuned model src/ft."""
     return _per_seed(spec, lambda s: finetune_result(spec["run_dir"], src, ft, s)[key])
 
 
@@ -150,7 +154,11 @@ def ensemble_ra(spec, members) -> dict:
 # per-example readers for one seed: seed -> (test labels y, boolean hits), from the npz files
 def finetuned_hits(spec, p, f, task):
     """Per-example PGD correctness of the (p, f) fine-tune of `task` (its eval/pgd.npz)."""
-    src, ft = P.source_id(task, p), P.finetune_id(f)
+    return model_hits(spec, P.source_id(task, p), P.finetune_id(f))
+
+
+def model_hits(spec, src, ft):
+    """Per-example PGD correctness of the fine-tuned model src/ft."""
 
     def read(seed):
         z = load_npz(finetune_dir(spec["run_dir"], src, ft, seed) / "eval" / "pgd.npz")
@@ -221,23 +229,32 @@ def claims(spec) -> list[dict]:
     accuracies or success rates on the same images, else no_paired_test (why not)."""
     tasks, rows = spec["tasks"], []
     t3 = P.PAPER_TABLE3
+    p3f4, p1f4 = ({t: (P.source_id(t, p), "full-adv") for t in tasks} for p in ("P3", "P1"))
     for t in tasks:
         lab = P.TASK_LABEL[t]
         rows.append({"claim": "(P3,F4) RA > (P1,F4) RA", "task": lab, "relation": ">",
                      "a": finetuned(spec, "P3", "F4", t, "ra"), "b": finetuned(spec, "P1", "F4", t, "ra"),
                      "hits_a": finetuned_hits(spec, "P3", "F4", t), "hits_b": finetuned_hits(spec, "P1", "F4", t),
+                     "models_a": [p3f4[t]], "models_b": [p1f4[t]],
                      "paper_diff": t3[t]["P3F4"][1] - t3[t]["P1F4"][1]})
+        matched = spec.get("matched", {}).get(t)
+        if matched:  # the same claim against (P1,F4) trained for the pretraining's + the fine-tuning's epochs
+            rows.append({"claim": "(P3,F4) RA > (P1,F4, same total budget) RA", "task": lab, "relation": ">",
+                         "a": finetuned(spec, "P3", "F4", t, "ra"), "b": model_values(spec, "scratch", matched, "ra"),
+                         "hits_a": finetuned_hits(spec, "P3", "F4", t), "hits_b": model_hits(spec, "scratch", matched),
+                         "models_a": [p3f4[t]], "models_b": [("scratch", matched)], "paper_diff": None})
     for t in tasks:
         rows.append({"claim": "(P3,F4) needs fewer epochs to best RA than (P1,F4)", "task": P.TASK_LABEL[t],
                      "relation": "<", "a": finetuned(spec, "P3", "F4", t, "epochs"),
-                     "b": finetuned(spec, "P1", "F4", t, "epochs"),
-                     "no_paired_test": "not a per-example accuracy",
+                     "b": finetuned(spec, "P1", "F4", t, "epochs"), "censored": True,
+                     "no_paired_test": "not a per-example accuracy", "models_a": [p3f4[t]], "models_b": [p1f4[t]],
                      "paper_diff": t3[t]["P3F4"][2] - t3[t]["P1F4"][2]})
     for t in tasks:
         rows.append({"claim": "F4 ≥ F2: (P3,F4) RA ≥ (P3,F2) RA, every task", "task": P.TASK_LABEL[t],
                      "relation": ">=", "every_task": True, "a": finetuned(spec, "P3", "F4", t, "ra"),
                      "b": finetuned(spec, "P3", "F2", t, "ra"),
                      "hits_a": finetuned_hits(spec, "P3", "F4", t), "hits_b": finetuned_hits(spec, "P3", "F2", t),
+                     "models_a": [p3f4[t]], "models_b": [(P.source_id(t, "P3"), "partial-adv")],
                      "paper_diff": t3[t]["P3F4"][1] - t3[t]["P3F2"][1]})
     if len(tasks) > 1:
         # the best single model is the member with the highest mean RA, as a table would name it
@@ -249,6 +266,7 @@ def claims(spec) -> list[dict]:
                      "task": f"{'+'.join(P.TASK_LABEL[t] for t in sorted(tasks))} vs {P.TASK_LABEL[best]}",
                      "relation": ">", "a": ensemble_ra(spec, tasks), "b": singles[best],
                      "hits_a": ensemble_hits(spec, tasks), "hits_b": finetuned_hits(spec, "P3", "F4", best),
+                     "models_a": [p3f4[t] for t in tasks], "models_b": [p3f4[best]],
                      "paper_diff": paper[1] - max(t3[t]["P3F4"][1] for t in tasks) if paper else None})
         for s in tasks:  # column s of Table 4: PGD crafted on model s, evaluated on every model
             col = {t: transfer_asr(spec, s, t) for t in tasks}
@@ -257,8 +275,59 @@ def claims(spec) -> list[dict]:
                          f"attack from {P.TASK_LABEL[s]}: on {P.TASK_LABEL[s]} vs on {P.TASK_LABEL[rival]}",
                          "relation": ">", "a": col[s], "b": col[rival],
                          "hits_a": transfer_hits(spec, s, s), "hits_b": transfer_hits(spec, s, rival),
+                         "models_a": [p3f4[s]], "models_b": [p3f4[rival]],
                          "paper_diff": P.PAPER_TABLE4[s][s] - max(P.PAPER_TABLE4[t][s] for t in tasks if t != s)})
     return rows
+
+
+# ------------------------------------------------------------- budgets and convergence
+def model_label(src: str, ft: str) -> str:
+    """'(P3,F4) Rotation' of a fine-tuned model id; the matched baseline's own label."""
+    if P.ft_epochs(ft):
+        return P.matched_label(ft)
+    if src == "scratch":
+        return f"(P1,{P.FT_TO_F[ft]})"
+    task, mode = P.parse_pt(src)
+    return f"({'P3' if mode == 'adv' else 'P2'},{P.FT_TO_F[ft]}) {P.TASK_LABEL[task]}"
+
+
+def budget_ratio(spec, c) -> float:
+    """Training compute of side A over side B, in forward+backward passes per training image
+    (advss.protocol.passes_per_image; a side's models summed, pretraining included; mean over
+    seeds). NaN where a side's meta.json files are missing or record no spec."""
+    def side(models):
+        return statistics.fmean(sum(training_passes(spec["run_dir"], src, ft, s) for src, ft in models)
+                                for s in spec["seeds"])
+
+    return side(c["models_a"]) / side(c["models_b"]) if c.get("models_a") else float("nan")
+
+
+def unconverged(spec, models) -> list[str]:
+    """'(P1,F4): best epoch = last in 3/3 seeds' for each model that was still improving."""
+    out = []
+    for src, ft in dict.fromkeys(models):
+        runs = _per_seed(spec, lambda s: finetune_result(spec["run_dir"], src, ft, s))
+        k = sum(r["epochs"] >= r["epochs_run"] for r in runs.values())
+        out += [f"{model_label(src, ft)}: best epoch = last in {k}/{len(runs)} seeds"] if k else []
+    return out
+
+
+def convergence(spec, c, verdict: str) -> tuple[str, str]:
+    """The verdict and its note, given the runs whose best epoch was their last. Their epochs
+    to best are lower bounds (more epochs might have found a later best), so for the epoch
+    claim a verdict that such a side could overturn becomes undecided: A < B cannot hold when
+    A was censored, nor fail when B was. RA claims keep their verdict with the note."""
+    a, b = unconverged(spec, c.get("models_a", [])), unconverged(spec, c.get("models_b", []))
+    if not (a or b):
+        return verdict, ""
+    note = "not converged (" + "; ".join(a + b) + ")"
+    if not c.get("censored"):
+        return verdict, note + ": more epochs could change the difference"
+    voids = {HOLDS: a, FAILS: b} if c["relation"] == "<" else {HOLDS: b, FAILS: a}
+    if verdict in (HOLDS, FAILS) and not voids[verdict]:
+        return verdict, note + ": those epochs are lower bounds, which cannot overturn this verdict"
+    return (f"{UNDECIDED} (not converged)" if verdict in (HOLDS, FAILS) else verdict,
+            note + ": the epoch claim cannot be decided")
 
 
 def every_task(verdicts: list[str]) -> str:
@@ -281,6 +350,8 @@ def claims_frame(spec) -> pd.DataFrame:
             v["test"] = T_SEEDS
         elif v["n_seeds"] == 1:
             v.update(one_seed_verdict(c, min(set(c["a"]) & set(c["b"]))))
+        v["verdict"], v["note"] = convergence(spec, c, v["verdict"])
+        v["budget_ratio"] = budget_ratio(spec, c)
         r = {"claim": c["claim"], "task": c["task"], "relation": c["relation"], **v, "paper_diff": c["paper_diff"]}
         rows.append(r)
         every += [r] if c.get("every_task") else []

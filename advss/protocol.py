@@ -56,7 +56,10 @@ FT_RE = r"(partial|full)-(std|adv)"
 ABLATION_PT_RE = rf"({TASK_RE})-(adv-n\d+|smooth)"
 SRC_RE += "|" + ABLATION_PT_RE
 BASELINE_FT = "full-adv-rotaux"
-FT_RE += r"(-rotaux)?"  # parse_ft reads it as full-adv; finetune_spec then sets the task
+# A fine-tuning trained for N epochs instead of finetune.epochs: '<ft>-ep<N>', its step
+# milestones scaled by N / finetune.epochs (`scaled_optim`). The compute-matched baseline
+# is 'full-adv-ep<E_pretrain + E_finetune>' from scratch (`matched_baselines`).
+FT_RE += r"(-rotaux|-ep[1-9]\d*)?"  # parse_ft reads the mode; finetune_spec sets the task or the epochs
 # Table 5's ensemble pretrainings (rules/ensemble_inputs.smk): AP+SE (α = 0) and AP+DPE with each sign
 # of α·g in the weights' loss (advss.objectives.ensemble): 'ensemble-dpe' is +1, eq. (3) as written and the
 # reference code; 'ensemble-dpe-neg' is -1, the diversity-promoting reading of the text.
@@ -168,6 +171,70 @@ def parse_ft(ft: str) -> tuple[bool, bool]:
     if not m:
         raise ValueError(f"bad fine-tuning id {ft!r}; expected {FT_RE}")
     return m.group(1) == "partial", m.group(2) == "adv"
+
+
+def ft_epochs(ft: str) -> int | None:
+    """N of a fine-tuning id '<ft>-ep<N>' (trained for N epochs), None for the others."""
+    m = re.fullmatch(FT_RE, ft)
+    if not m:
+        raise ValueError(f"bad fine-tuning id {ft!r}; expected {FT_RE}")
+    return int(m.group(3)[3:]) if (m.group(3) or "").startswith("-ep") else None
+
+
+def scaled_optim(optim: dict, epochs: int, base_epochs: int) -> dict:
+    """The fine-tuning optimiser for `epochs` instead of `base_epochs`: step milestones at the
+    same fractions of training, rounded half up to whole epochs (60/80 of 100 -> 120/160 of
+    200). Warm-up is in steps and stays; cosine spans whatever epochs the job runs."""
+    if not optim.get("milestones"):
+        return dict(optim)
+    return {**optim, "milestones": [(2 * m * epochs + base_epochs) // (2 * base_epochs) for m in optim["milestones"]]}
+
+
+def pretrain_epochs(pretrain: dict, task: str) -> int:
+    """Pretraining epochs of `task`: config pretrain.epochs, one number or one per task."""
+    e = pretrain["epochs"]
+    return int(e[task] if isinstance(e, dict) else e)
+
+
+def matched_baselines(cfg: dict) -> dict:
+    """{task: fine-tuning id} of the compute-matched baseline: (P1,F4) from scratch for the
+    task's pretraining epochs plus the fine-tuning's, 'full-adv-ep<N>', so that tasks with
+    the same budget share one job. On when finetune.matched_baseline (default true) and a
+    pretrained F4 scenario (the one it is matched to) runs; {} otherwise."""
+    fc = cfg["finetune"]
+    if not fc.get("matched_baseline", True) or not {("P2", "F4"), ("P3", "F4")} & set(map(tuple, fc["scenarios"])):
+        return {}
+    return {t: f"full-adv-ep{pretrain_epochs(cfg['pretrain'], t) + int(fc['epochs'])}" for t in cfg["pretrain"]["tasks"]}
+
+
+def matched_label(ft: str) -> str:
+    """Table 3's scenario label and Figure 1's point of a matched baseline."""
+    return f"(P1,F4), {ft_epochs(ft)} epochs"
+
+
+def passes_per_image(spec: dict) -> float:
+    """The budget rule: forward+backward passes per training image and epoch of a training
+    job, from its spec. A pass is one forward and one backward through the network; PGD-K
+    costs K of them (each step differentiates the loss to the input). Hence ST (P2, F1, F3)
+    and Gaussian-noise smoothing 1; Madry AT (F2, F4) K + 1 (the attack, then the update on
+    the adversarial loss); P3's mean of clean and adversarial losses K + 2 (the clean loss
+    adds a pass); TRADES K + 2 (its KL attack, then CE(clean) + β·KL through both inputs;
+    the gradient-free clean forward is not counted). The rotation-auxiliary baseline trains
+    on two views of each image (×2). Validation and test evaluation are not counted. NaN
+    for the ensemble objective (three inputs and a double backward: not on this scale).
+    Selfie's passes go through its patch network and transformer, not the ResNet: a pass
+    count, not FLOPs."""
+    obj, k = spec.get("objective", {}), int(spec.get("threat", {}).get("train_steps", 0))
+    kind = obj.get("kind")
+    if kind in ("standard", "smoothing"):
+        per = 1
+    elif kind == "adversarial":
+        per = k + (2 if obj.get("mix", "adv") == "clean+adv" else 1)
+    elif kind == "trades":
+        per = k + 2
+    else:
+        return float("nan")
+    return float(per * (2 if spec.get("task") == "rotaux" else 1))
 
 
 def pretrain_kind(pt: str) -> str:

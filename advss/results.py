@@ -3,6 +3,7 @@ home of the result-path grammar that tables, figures and claims read back.
 
     finetune/<src>/<ft>/seed<k>/{test,meta}.json     a fine-tuned model (advss train/evaluate)
     finetune/<src>/<ft>/seed<k>/eval/<suite>.json     its robustness suites
+    pretrain/<pt>/seed<k>/meta.json                   a pretraining (its epochs: the budgets)
     ensembles/<a+b>/seed<k>.{json,npz}                a softmax-average ensemble (Table 6)
     ensembles/<a+b>/autoattack-seed<k>.json           its AutoAttack
     transfer/<src>/<ft>/seed<k>.npz                   transfer attacks from one source
@@ -12,7 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from advss.io import load_npz, read_json
+from advss import protocol as P
+from advss.io import AdvssError, load_npz, read_json
 
 
 def finetune_dir(run_dir, src, ft, seed) -> Path:
@@ -26,6 +28,22 @@ def finetune_result(run_dir, src, ft, seed) -> dict:
     aa = autoattack_column(run_dir, src, ft, seed)  # eval/autoattack.json beside test.json, when run
     return {"ta": 100 * test["ta"], "ra": 100 * test["ra"], "ra_aa": float("nan") if aa is None else aa,
             "epochs": meta["epochs_to_best"], "epochs_run": meta["epochs_run"], "config_hash": meta["spec_hash"]}
+
+
+def pretrain_dir(run_dir, pt, seed) -> Path:
+    return Path(run_dir) / "pretrain" / pt / f"seed{seed}"
+
+
+def training_passes(run_dir, src, ft, seed) -> float:
+    """Forward+backward passes per training image that made one fine-tuned model, its
+    pretraining's included: P.passes_per_image(spec) × the epochs each job ran, from their
+    meta.json. NaN where a meta.json is missing or does not record its spec."""
+    dirs = [finetune_dir(run_dir, src, ft, seed)] + ([] if src == "scratch" else [pretrain_dir(run_dir, src, seed)])
+    try:
+        metas = [read_json(d / "meta.json") for d in dirs]
+        return sum(P.passes_per_image(m["spec"]) * m["epochs_run"] for m in metas)
+    except (AdvssError, KeyError):
+        return float("nan")
 
 
 def eval_path(run_dir, src, ft, seed, suite) -> Path:

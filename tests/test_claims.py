@@ -286,7 +286,8 @@ def test_two_seed_workflow_makes_tables_claims_and_report(tmp_path):
     assert (t3["n_seeds"] == 2).all() and t3["ra_ci95"].notna().all()
     assert "| n |" in (out / "table3.md").read_text() and "±" in (out / "table3.md").read_text()
     claims = pd.read_csv(out / "claims.csv")
-    assert len(claims) == 3 * 2 + 1 + 1 + 2  # Table 3 claims × tasks, every-task row, ensemble, Table 4 columns
+    # Table 3 claims (and the matched baseline's) × tasks, every-task row, ensemble, Table 4 columns
+    assert len(claims) == 4 * 2 + 1 + 1 + 2
     assert (claims["n_seeds"] == 2).all() and claims["ci95_lo"].notna().all()
     assert set(claims["verdict"]) <= {C.HOLDS, C.FAILS, C.UNDECIDED}
     report = (tmp_path / "report.html").read_text()

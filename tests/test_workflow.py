@@ -42,9 +42,10 @@ def test_paper_dag_lists_every_job_without_network(tmp_path):
     counts = job_counts(p.stdout)
     assert counts["prepare_data"] == 1
     assert counts["pretrain"] == 6       # 3 tasks × (P2, P3)
-    assert counts["finetune"] == 20      # 2 shared P1 rows + 6 scenarios × 3 tasks
-    assert counts["evaluate"] == 20
-    assert counts["robustness"] == 20    # the AutoAttack column of every row
+    assert counts["finetune"] == 21      # 2 shared P1 rows + 6 scenarios × 3 tasks + the matched baseline (one
+    assert counts["evaluate"] == 21      # budget: every task pretrains 100 epochs; 200 with the fine-tuning's)
+    assert counts["robustness"] == 21    # the AutoAttack column of every row
+    assert "Fine-tuning scratch with full-adv-ep200 (seed 0)" in p.stdout
     assert counts["table3"] == 1
     p = snakemake("-n", "all_tables", "--configfile", ROOT / "config/config.yaml", cwd=tmp_path)
     counts = job_counts(p.stdout)
@@ -118,7 +119,7 @@ def test_demo_end_to_end_then_interrupted_rerun_runs_only_missing_jobs(tmp_path,
     assert "Nothing to be done" in (p := snakemake("all", "-n", "--configfile", cfg, cwd=tmp_path)).stdout + p.stderr
     run = tmp_path / "results/mini"
     rows = (run / "tables/table3.csv").read_text().strip().splitlines()
-    assert len(rows) == 1 + 24
+    assert len(rows) == 1 + 24 + 3  # 8 scenarios × 3 tasks and the matched baseline of each task
     md = (run / "tables/table3.md").read_text()
     assert "(P3,F4)" in md and "Paper RA" in md and "51.05" in md
     assert "\\begin{tabular}" in (run / "tables/table3.tex").read_text()

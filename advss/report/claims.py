@@ -15,6 +15,14 @@ def fmt_p(p) -> str:
     return f"{p:.2g}" if p > 0 else "< 1e-300"  # 0.0: the exact p underflows a float
 
 
+BUDGET = (" Budget A/B: the training compute of side A over side B's, in forward+backward passes per training "
+          "image, pretraining included (PGD-K costs K passes: ST 1 per image and epoch, Madry AT K + 1, P3's clean + "
+          "adversarial mean K + 2; evaluation not counted). (P1,F4, same total budget) is (P1,F4) trained for the "
+          "pretraining's plus the fine-tuning's epochs, its milestones scaled: the paper compares fine-tuning epochs "
+          "only. Note: the models whose best validation epoch was their last (still improving): their epochs to "
+          "best are lower bounds, so an epoch verdict they could overturn reads undecided (not converged).")
+
+
 def table_claims(spec: dict, prefix):
     df = claims_frame(spec)
     one_seed = bool((df["test"] == MCNEMAR).any())
@@ -31,6 +39,8 @@ def table_claims(spec: dict, prefix):
         display["p"] = [fmt_p(p) for p in df["p_value"]]
     display["Verdict"] = df["verdict"]
     display["Paper difference"] = [fmt(v) for v in df["paper_diff"]]
+    display["Budget A/B"] = ["–" if math.isnan(r) else f"{r:.2f}×" for r in df["budget_ratio"]]
+    display["Note"] = df["note"]
     if one_seed:
         caption = (f"Claims of the paper tested on {spec['run']}, one seed: difference A − B of the two sides of each "
                    f"claim (RA or attack success rate in %, or epochs to best RA), from the per-example results of the "
@@ -48,4 +58,4 @@ def table_claims(spec: dict, prefix):
                    f"of its mean; a claim holds when the interval lies on the claimed side of 0, does not hold when it "
                    f"lies on the other side, and is undecided otherwise (or with one seed). Paper difference from its "
                    f"CIFAR-10 ResNet-50 tables.")
-    return write_table(display, df, prefix, caption, spec["config_hash"])
+    return write_table(display, df, prefix, caption + BUDGET, spec["config_hash"])

@@ -38,7 +38,7 @@ def check_config(cfg):
     if _fraction(t["step"]) > _fraction(t["eps"]):
         problems.append(f"threat.step ({t['step']}) is larger than threat.eps ({t['eps']})")
     tasks = cfg["pretrain"]["tasks"]
-    for key in ("batch_size", "optim"):
+    for key in ("batch_size", "optim") + (("epochs",) if isinstance(cfg["pretrain"]["epochs"], dict) else ()):
         missing = [x for x in tasks if x not in cfg["pretrain"][key]]
         if missing:
             problems.append(f"pretrain.{key} has no entry for task(s) {missing}")
@@ -102,7 +102,9 @@ RUN = config["run"]
 SEEDS = config["seeds"]
 TASKS = config["pretrain"]["tasks"]
 SCENARIOS = [tuple(s) for s in config["finetune"]["scenarios"]]
-FT_JOBS = P.scenario_jobs(SCENARIOS, TASKS)  # unique (src, ft); P1 shared by tasks
+MATCHED = P.matched_baselines(config)  # {task: 'full-adv-ep<N>'}: the compute-matched (P1,F4), one job per budget
+MATCHED_JOBS = list(dict.fromkeys(("scratch", ft) for ft in MATCHED.values()))
+FT_JOBS = P.scenario_jobs(SCENARIOS, TASKS) + MATCHED_JOBS  # unique (src, ft); P1 shared by tasks
 PT_JOBS = P.pretrain_jobs(SCENARIOS, TASKS)
 DATA = f"results/{RUN}/data/dataset.pt"
 
@@ -149,7 +151,7 @@ def task_pretrain_spec(wildcards):
         "objective": {"kind": "adversarial", "mix": pc.get("adv_mix", "clean+adv")} if adv else {"kind": "standard"},
         "eval_ra": adv,
         "select_by": "last",
-        "epochs": pc["epochs"],
+        "epochs": P.pretrain_epochs(pc, task),
         "batch_size": pc["batch_size"][task],
         "augment": pc.get("augment", True),
         "optim": pc["optim"][task],
@@ -182,6 +184,9 @@ def finetune_spec(wildcards):
     }
     if wildcards.ft == P.BASELINE_FT:  # the one-shot AT + rotation baseline (rotaux_spec, rules/ablations_inputs.smk)
         spec = rotaux_spec(spec)
+    epochs = P.ft_epochs(wildcards.ft)
+    if epochs:  # '<ft>-ep<N>' (the matched baseline): N epochs, the schedule's milestones scaled
+        spec.update(epochs=epochs, optim=P.scaled_optim(fc["optim"], epochs, fc["epochs"]))
     return _dump(spec)
 
 
@@ -205,6 +210,8 @@ def report_spec(wildcards=None):
         "eval_steps": config["threat"]["eval_steps"],
         "config_hash": P.spec_hash(config),
         "extra_points": FIGURE1_EXTRA,
+        "matched": MATCHED,
+        "ensemble_star": FIGURE1_STAR,
         "autoattack_n": ((config.get("robustness") or {}).get("autoattack") or {}).get("n_examples"),
     })
 
@@ -237,13 +244,20 @@ def finetune_results(name, jobs=None):
 # Figure 1's "Ensemble pretrain" point: AP+DPE fine-tuned with F4, when the ensemble feature is on.
 FIGURE1_EXTRA = [[f"Ensemble pretrain: {P.ENSEMBLE_DPE[s][1]}", P.ensemble_dpe_id(s)]  # the +1 model where trained
                  for s in P.ensemble_signs(config["ensemble"])[:1]] if config.get("ensemble") else []
+# Figure 1's red star: the ensemble of the fine-tuned (P3,F4) models of every task (Table 6's
+# last row), when the transfer feature builds it with the (P3,F4) models.
+FIGURE1_STAR = ("+".join(sorted(TASKS)) if (config.get("transfer") and len(TASKS) >= 2
+                and list(config["transfer"].get("scenario", ["P3", "F4"])) == ["P3", "F4"]) else None)
 
 
 # ------------------------------------------------------------------ resources
 def train_runtime(wildcards, attempt):
     """Minutes for a SLURM time limit: ~2 min/epoch for ResNet-50 AT on one GPU,
     grown with each retry (the job resumes, so a retry only needs the rest)."""
-    epochs = config["finetune"]["epochs"] if "ft" in wildcards.keys() else config["pretrain"]["epochs"]
+    if "ft" in wildcards.keys():
+        epochs = P.ft_epochs(wildcards.ft) or config["finetune"]["epochs"]
+    else:
+        epochs = max(P.pretrain_epochs(config["pretrain"], t) for t in TASKS)
     per_epoch = 2 if config["model"]["arch"] == "resnet50" else 0.5
     return int(30 + per_epoch * epochs * attempt)
 

@@ -32,15 +32,23 @@ class Result:
 
 
 # Table 3 and Figure 1 (the core); each feature's inputs are in its *_inputs.smk.
+def pretrain_metas(srcs):
+    """The pretrainings' meta.json: their epochs and objectives are the budgets' first half."""
+    return [f"results/{RUN}/pretrain/{src}/seed{s}/meta.json" for src in srcs for s in SEEDS]
+
+
 def table3_inputs(wildcards):
     aa = finetune_results("eval/autoattack.json", robustness_jobs(AA)) if AA else []
-    return finetune_results("test.json") + finetune_results("meta.json") + aa
+    return finetune_results("test.json") + finetune_results("meta.json") + aa + pretrain_metas(PT_JOBS)
 
 
 def figure1_inputs(wildcards):
-    jobs = [("scratch", "full-adv")] + [(P.pretrain_id(t, "P3"), "full-adv") for t in TASKS]
+    """(P1,F4), each task's (P3,F4), the matched baselines, the ensemble pretraining's point and
+    the red star (the fine-tuned ensemble's result, seed{k}.json of advss.ensemble_eval)."""
+    jobs = [("scratch", "full-adv")] + [(P.pretrain_id(t, "P3"), "full-adv") for t in TASKS] + MATCHED_JOBS
     jobs += [(src, "full-adv") for _, src in FIGURE1_EXTRA]
-    return finetune_results("test.json", jobs) + finetune_results("meta.json", jobs)
+    star = [f"results/{RUN}/ensembles/{FIGURE1_STAR}/seed{s}.json" for s in SEEDS] if FIGURE1_STAR else []
+    return finetune_results("test.json", jobs) + finetune_results("meta.json", jobs) + star
 
 
 REPORTS = {
