@@ -277,7 +277,46 @@ def claims(spec) -> list[dict]:
                          "hits_a": transfer_hits(spec, s, s), "hits_b": transfer_hits(spec, s, rival),
                          "models_a": [p3f4[s]], "models_b": [p3f4[rival]],
                          "paper_diff": P.PAPER_TABLE4[s][s] - max(P.PAPER_TABLE4[t][s] for t in tasks if t != s)})
-    return rows
+    return rows + successor_claims(spec)
+
+
+def autoattack_values(spec, src) -> dict:
+    """Per-seed AutoAttack RA (%) of src's (P3,F4) model (its eval/autoattack.json), where it ran."""
+    from advss.results import autoattack_column
+
+    def read(s):
+        v = autoattack_column(spec["run_dir"], src, "full-adv", s)
+        if v is None:
+            raise KeyError("autoattack")
+        return v
+
+    return _per_seed(spec, read)
+
+
+def autoattack_hits(spec, src):
+    """Per-example AutoAttack correctness of src's (P3,F4) model (eval/autoattack.npz; the
+    suite attacks the same test subset for every model, so the two sides pair)."""
+    def read(seed):
+        z = load_npz(finetune_dir(spec["run_dir"], src, "full-adv", seed) / "eval" / "autoattack.npz")
+        return z["y"], z["correct_adv"]
+
+    return read
+
+
+def successor_claims(spec) -> list[dict]:
+    """Issue 20's row, where the successors ran (spec robust_ssl_methods): the best
+    contrastive (P3,F4) AutoAttack RA ≥ the best 2020 pretext task's, each best by mean."""
+    methods = [m for m in spec.get("robust_ssl_methods", []) if P.CONTRASTIVE[m]["p"] == "P3"]
+    if not methods or not spec["tasks"]:
+        return []
+    a = {m: autoattack_values(spec, m) for m in methods}
+    b = {t: autoattack_values(spec, P.pretrain_id(t, "P3")) for t in spec["tasks"]}
+    ma, tb = max(methods, key=lambda m: _mean(a[m])), max(spec["tasks"], key=lambda t: _mean(b[t]))
+    return [{"claim": "the best contrastive (P3,F4) AutoAttack RA ≥ the best 2020 pretext task's",
+             "task": f"{P.CONTRASTIVE_LABEL[ma]} vs {P.TASK_LABEL[tb]}", "relation": ">=", "a": a[ma], "b": b[tb],
+             "hits_a": autoattack_hits(spec, ma), "hits_b": autoattack_hits(spec, P.pretrain_id(tb, "P3")),
+             # no paper difference: the published figures (table robust_ssl) are of other architectures
+             "paper_diff": None}]
 
 
 # ------------------------------------------------------------- budgets and convergence

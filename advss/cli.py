@@ -79,6 +79,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-npz", required=True)
 
+    p = sub.add_parser("card", help="a RobustBench-style model card and a plain-PyTorch program of a classifier")
+    common_args(p)
+    p.add_argument("--model", required=True)
+    p.add_argument("--test-json", required=True, help="the model's test.json (advss evaluate)")
+    p.add_argument("--autoattack-json", default=None, help="its eval/autoattack.json, where AutoAttack ran")
+    p.add_argument("--out-card", required=True)
+    p.add_argument("--out-program", required=True, help="the torch.export program (.pt2)")
+
     p = sub.add_parser("pool", help="write an unlabeled pretraining pool file (Table 7)")
     common_args(p)  # --spec: the ablations.pool section; --data: the run's dataset file
     p.add_argument("--size", type=int, required=True, help="number of pool images")
@@ -136,6 +144,12 @@ def _dispatch(args):
 
         res = run(args.suite, args.spec, args.data, args.model, args.out_json, args.out_npz, args.device)
         print(json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)}))
+    elif args.cmd == "card":
+        from advss.cards import run
+
+        card = run(args.spec, args.data, args.model, args.test_json, args.autoattack_json, args.out_card,
+                   args.out_program, args.device)
+        print(json.dumps({k: card[k] for k in ("name", "clean_acc", "autoattack_acc")}))
     elif args.cmd == "pool":
         from advss.ablations import build_pool
 

@@ -34,7 +34,8 @@ LAYERS = [
     ["advss.evaluate"],  # the per-batch attack loops, ensembles, checkpoint loading
     ["advss.train"],  # the one training loop
     ["advss.results"],  # the result-path grammar and readers
-    ["advss.transfer", "advss.ensemble_eval", "advss.robustness", "advss.ablations", "advss.claims"],  # jobs
+    ["advss.transfer", "advss.ensemble_eval", "advss.robustness", "advss.ablations", "advss.claims",
+     "advss.cards"],  # jobs
     ["advss.report.finetuning", "advss.report.transfer", "advss.report.robustness", "advss.report.ablations",
      "advss.report.claims"],
     ["advss.report.ensembles"],

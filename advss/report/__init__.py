@@ -9,7 +9,7 @@ plus one entry in REGISTRY.
 from __future__ import annotations
 
 from advss.io import AdvssError
-from advss.report import ablations, claims, ensembles, finetuning, robustness, transfer
+from advss.report import ablations, claims, ensembles, finetuning, robustness, successors, transfer
 
 REGISTRY = {
     "table3": finetuning.table3,
@@ -28,6 +28,7 @@ REGISTRY = {
     "table_rotaux": ablations.table_rotaux,
     "figure_pool": ablations.figure_pool,
     "claims": claims.table_claims,
+    "robust_ssl": successors.table_robust_ssl,
     # --- more tables and figures register here, one line each: "name": module.function, ---
 }
 

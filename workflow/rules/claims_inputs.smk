@@ -15,4 +15,4 @@ def claims_inputs(wildcards):
             inputs += [f"results/{RUN}/ensembles/{'+'.join(sorted(TASKS))}/seed{SEEDS[0]}.npz"]
         if "table4" in TABLES:
             inputs += transfer_results(wildcards)
-    return inputs
+    return inputs + successor_claim_inputs()

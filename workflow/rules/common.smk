@@ -136,6 +136,8 @@ def pretrain_spec(wildcards):
         return ensemble_pretrain_spec(wildcards)
     if kind == "ablation":
         return ablation_pretrain_spec(wildcards)
+    if kind == "contrastive":  # the successors (robust_ssl_inputs.smk)
+        return contrastive_pretrain_spec(wildcards)
     return task_pretrain_spec(wildcards)
 
 
@@ -213,6 +215,7 @@ def report_spec(wildcards=None):
         "matched": MATCHED,
         "ensemble_star": FIGURE1_STAR,
         "autoattack_n": ((config.get("robustness") or {}).get("autoattack") or {}).get("n_examples"),
+        **({"robust_ssl_methods": RSSL["methods"]} if RSSL else {}),  # the successors' claim (robust_ssl_inputs.smk)
     })
 
 

@@ -13,6 +13,7 @@ SECTIONS = {
     "ensembles": "2 Ensembles and transfer attacks (Tables 4–6, Figure 5)",
     "robustness": "3 Robustness beyond PGD (AutoAttack, unforeseen attacks, CIFAR-10-C)",
     "ablations": "4 Ablations (Tables 7–8, pretraining-pool size, the one-shot baseline)",
+    "successors": "5 Beyond the paper: its successors (SimCLR, ACL, DynACL) under the same protocol",
 }
 
 
@@ -91,6 +92,9 @@ REPORTS = {
                      "Table 6", on=bool(XFER) and len(TASKS) >= 2),
     "figure5": Result(transfer_results, transfer_report_spec, "Figure 5: Venn diagrams of successful transfer attacks",
                       "ensembles", "Figure 5", on=bool(XFER) and len(TASKS) >= 3),
+    "table_robust_ssl": Result(robust_ssl_inputs, robust_ssl_report_spec,
+                               "The successors (SimCLR, ACL, DynACL) beside the 2020 tasks, published figures beside",
+                               "successors", "Successors table", on=bool(RSSL), file="robust_ssl"),
 }
 
 

@@ -1,0 +1,75 @@
+"""The successors' table (issue 20): the 2020 pretext tasks' (P3,F4) beside SimCLR, ACL and
+DynACL fine-tuned under the same protocol and scored with the same attacks, with the
+published figures (RobustSSL_Benchmark, RobustBench) beside, and the pretrainings' device-hours."""
+from __future__ import annotations
+
+import pandas as pd
+
+from advss import protocol as P
+from advss.io import read_json
+from advss.results import finetune_result, pretrain_dir
+from advss.tables import aggregate, autoattack_note, drop_empty, fmt, result_columns, seeds_phrase, write_table
+
+
+def robust_ssl_jobs(spec: dict) -> list[tuple]:
+    """(scenario, model label, key, src, ft): each task's (P3,F4), then each method × mode
+    (the rule of workflow/rules/robust_ssl_inputs.smk, in the same order)."""
+    rows = [("(P3,F4)", P.TASK_LABEL[t], t, P.pretrain_id(t, "P3"), P.finetune_id("F4")) for t in spec["tasks"]]
+    for m in spec["robust_ssl_methods"]:
+        p = P.CONTRASTIVE[m]["p"]
+        for f in spec["robust_ssl_finetune"]:
+            rows.append((f"({p},{f})", P.CONTRASTIVE_LABEL[m], m, m, P.finetune_id(f)))
+    return rows
+
+
+def pretrain_hours(run_dir, src, seed) -> float:
+    """Training hours of a pretraining on its device (meta.json train_seconds, across resumes)."""
+    return read_json(pretrain_dir(run_dir, src, seed) / "meta.json")["train_seconds"] / 3600
+
+
+def robust_ssl_frame(spec: dict) -> pd.DataFrame:
+    rows = []
+    for scen, label, key, src, ft in robust_ssl_jobs(spec):
+        f = P.FT_TO_F[ft]
+        for seed in spec["seeds"]:
+            rows.append({"scenario": scen, "successor_name": P.SUCCESSOR_FT.get(f, ""), "model": label, "key": key,
+                         "source": src, "seed": seed, **finetune_result(spec["run_dir"], src, ft, seed),
+                         "pretrain_hours": pretrain_hours(spec["run_dir"], src, seed)})
+    return pd.DataFrame(rows)
+
+
+def table_robust_ssl(spec: dict, prefix):
+    agg = aggregate(robust_ssl_frame(spec), ["scenario", "successor_name", "model", "key", "source"],
+                    ["ta", "ra", "ra_aa", "epochs", "pretrain_hours"])
+    published = [P.PUBLISHED_ROBUST_SSL.get(k) if s == "(P3,F4)" else None for s, k in zip(agg["scenario"], agg["key"])]
+    paper3 = [P.PAPER_TABLE3.get(k, {}).get("P3F4", (None, None, None)) for k in agg["key"]]
+    agg["paper_ta"], agg["paper_ra"] = [v[0] for v in paper3], [v[1] for v in paper3]  # the 2020 paper's PGD-20
+    agg["published_clean"] = [p[0] if p else None for p in published]
+    agg["published_aa"] = [p[1] if p else None for p in published]
+    agg["published_source"] = [p[4] if p else "" for p in published]
+    extra = pd.DataFrame([{"scenario": "(P3,F4)" if k == "chen2020" else "(P3,F4) AFF", "successor_name": "",
+                           "model": P.PUBLISHED_LABEL[k], "key": k, "source": "", "published_clean": v[0],
+                           "published_aa": v[1], "published_source": f"{v[4]} ({v[2]})"}
+                          for k, v in P.PUBLISHED_ROBUST_SSL.items() if k in ("dynacl++", "chen2020")])
+    agg = pd.concat([agg, extra], ignore_index=True)
+    cols = result_columns(agg)
+    display = pd.DataFrame({"Scenario": [f"{s} {n}".strip() for s, n in zip(agg["scenario"], agg["successor_name"].fillna(""))],
+                            "Model": agg["model"], **cols,
+                            "Pretraining h": [fmt(m, s) for m, s in zip(agg["pretrain_hours"], agg["pretrain_hours_std"])],
+                            "Published clean": [fmt(v) for v in agg["published_clean"]],
+                            "Published AutoAttack": [fmt(v) for v in agg["published_aa"]],
+                            "Published source": agg["published_source"]})
+    aa_note = autoattack_note(display, spec.get("autoattack_n"))
+    agg = drop_empty(agg)
+    n = int(agg["n_seeds"].min())
+    obj = "TRADES (β as configured), as RobustSSL_Benchmark's AFF" if spec["finetune_objective"] == "trades" else \
+        "Madry PGD AT (the 2020 paper's F4; RobustSSL_Benchmark's AFF uses TRADES)"
+    caption = (f"Successors ({spec['run']}, {spec['arch']}): the 2020 pretext tasks' (P3,F4) beside the contrastive "
+               f"family pretrained by the same loop: SimCLR (P2), ACL (DS, dual BN; P3), DynACL (ACL with its annealed "
+               f"augmentation; P3); fine-tuning by the successors' names SLF = F1 (partial ST), ALF = F2 (partial AT), "
+               f"AFF = F4 (full AT), here with {obj}. Test TA / RA (PGD-{spec['eval_steps']}, %), epochs to best "
+               f"validation RA, the pretraining's training hours on its device (meta.json), {seeds_phrase(n)}. "
+               f"'Paper TA/RA': the 2020 paper's (P3,F4), ResNet-50, PGD-20; 'Published': clean and AutoAttack RA of "
+               f"the published models at ε = 8/255, with their sources (other architectures and budgets: read them as "
+               f"context, not as a replication target at this config's scale).{aa_note}")
+    return write_table(display, agg, prefix, caption, spec["config_hash"])
