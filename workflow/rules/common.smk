@@ -11,6 +11,9 @@ from snakemake.utils import min_version, validate
 from advss import protocol as P
 
 min_version("8.0")
+# This workflow's own folder, also when it runs as a module of another workflow (there
+# `workflow.basedir` is the deploying workflow's folder): the schemas and captions live here.
+WORKFLOW_DIR = Path(workflow.current_basedir).parent
 
 # torch.compile's on-disk caches (inductor's FX-graph cache and AOTAutograd's) in one
 # directory that every job of this workflow reuses: compilation is paid once per machine
@@ -71,7 +74,7 @@ def validate_schema(data, schema):
     advss/protocol.py. The derived schema is written to a temporary file for validate()."""
     import yaml
 
-    doc = yaml.safe_load(Path(workflow.basedir, "schemas", schema).read_text())
+    doc = yaml.safe_load(Path(WORKFLOW_DIR, "schemas", schema).read_text())
     if "task" in doc.get("$defs", {}):
         doc["$defs"]["task"] = {**doc["$defs"]["task"], "enum": list(P.TASKS)}
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,6 +12,6 @@ rule prepare_data:
     conda:
         "../../environment.yml"
     message:
-        "Preparing the {RUN} dataset"
+        f"Preparing the {RUN} dataset"
     shell:
         "python -m advss prepare --spec {params.spec:q} --out {output.data} > {log} 2>&1"

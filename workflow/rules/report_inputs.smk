@@ -121,7 +121,7 @@ def result_outputs(name):
     or a figure (png first, also the report's item), with the caption workflow/report/<file>.rst
     where one is written."""
     r, file, kind = REPORTS[name], result_file(name), result_kind(name)
-    caption = Path(workflow.basedir, "report", f"{file}.rst")
+    caption = Path(WORKFLOW_DIR, "report", f"{file}.rst")
     item = dict(caption=f"../report/{file}.rst" if caption.exists() else None, category=SECTIONS[r.section],
                 labels={"result": r.label})
     if kind == "figure":
