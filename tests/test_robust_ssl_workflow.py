@@ -65,3 +65,20 @@ def test_workflow_runs_as_a_module_from_a_fresh_folder(tmp_path):
     out, jobs = _dry(["--configfile", "config/config.yaml", "-c1"], tmp_path)
     assert jobs["all"] == 1 and jobs["table3"] == 1 and jobs["table_robust_ssl"] == 1 and jobs["pretrain"] > 3
     assert "results/demo/tables/robust_ssl.csv" in out
+
+
+def test_catalog_files_describe_every_config_and_key():
+    """config/README.md names every config file and every top-level config key; the catalog
+    file has the keys the snakemake-workflow-catalog reads."""
+    readme = (ROOT / "config" / "README.md").read_text()
+    for f in sorted((ROOT / "config").iterdir()):
+        if f.suffix in (".yaml", ".tsv"):
+            assert f"`{f.name}`" in readme, f.name
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    for key in schema["properties"]:
+        assert f"| `{key}` |" in readme, key
+    cat = yaml.safe_load((ROOT / ".snakemake-workflow-catalog.yml").read_text())["usage"]
+    assert {"mandatory-flags", "software-stack-deployment", "report"} <= set(cat)
+    assert cat["mandatory-flags"]["flags"].startswith("--configfile config/")
+    assert (ROOT / cat["mandatory-flags"]["flags"].split()[1]).exists()
+    assert isinstance(cat["software-stack-deployment"]["conda"], bool)
