@@ -1,6 +1,7 @@
-"""config/fashion-mnist-cpu.yaml (issue 13, item 8): it passes the workflow's validation,
-its DAG is the headline comparison only, it keeps the paper's threat, and it dry-runs
-without the dataset (prepare_data is not executed in a dry run)."""
+"""config/fashion-mnist-cpu.yaml (issue 13, item 8; issue 19): it passes the workflow's
+validation, its DAG is the headline comparison and the compute-matched baseline only, it
+keeps the paper's threat, and it dry-runs without the dataset (prepare_data is not executed
+in a dry run)."""
 from __future__ import annotations
 
 import csv
@@ -10,6 +11,7 @@ import sys
 
 import yaml
 
+from advss import protocol as P
 from advss.protocol import TASK_LABEL
 from conftest import ROOT
 
@@ -30,9 +32,10 @@ def dry_run(cfg_path, cwd):
 
 def expected_jobs(cfg):
     n_seeds, n_tasks = len(cfg["seeds"]), len(cfg["pretrain"]["tasks"])
-    # P3 pretraining per task and seed; fine-tuning: the shared P1 row plus (P3,F4) per task
-    return {"prepare_data": 1, "pretrain": n_tasks * n_seeds, "finetune": (1 + n_tasks) * n_seeds,
-            "evaluate": (1 + n_tasks) * n_seeds, "table3": 1, "claims": 1, "all_tables": 1}
+    # P3 pretraining per task and seed; fine-tuning: the shared P1 row, (P3,F4) per task and the
+    # matched baseline, one for both tasks (they pretrain for the same epochs)
+    return {"prepare_data": 1, "pretrain": n_tasks * n_seeds, "finetune": (2 + n_tasks) * n_seeds,
+            "evaluate": (2 + n_tasks) * n_seeds, "table3": 1, "claims": 1, "all_tables": 1}
 
 
 def test_config_is_the_headline_comparison_with_the_papers_threat():
@@ -46,6 +49,13 @@ def test_config_is_the_headline_comparison_with_the_papers_threat():
     assert t["eval_steps"] > t["train_steps"]  # the test attack is not weaker than the training one
     # no feature section: only Table 3 and the claims are built
     assert not {"robustness", "ablations", "ensemble", "transfer"} & set(cfg)
+    # the compute-matched baseline, one budget; and a tail at the last learning rate long enough for
+    # the best epoch to come before the last (every (P1,F4) of the 5-epoch record peaked at its last)
+    ft = cfg["finetune"]
+    assert P.matched_baselines(cfg) == {t: f"full-adv-ep{cfg['pretrain']['epochs'] + ft['epochs']}"
+                                        for t in cfg["pretrain"]["tasks"]}
+    assert ft["epochs"] >= 10 and ft["epochs"] - ft["optim"]["milestones"][-1] >= 3
+    assert cfg["data"]["n_train"] * (1 - cfg["data"]["val_fraction"]) == 2304  # the record's per-epoch time holds
 
 
 def test_dry_run_passes_validation_and_lists_only_the_headline_jobs(tmp_path):
@@ -70,7 +80,9 @@ def test_committed_record_matches_the_config():
         assert (RECORD / name).stat().st_size > 0, name
     rows = list(csv.DictReader((RECORD / "table3.csv").open()))
     labels = [TASK_LABEL[t] for t in cfg["pretrain"]["tasks"]]
-    assert {(r["scenario"], r["task"]) for r in rows} == {(s, t) for s in ("(P1,F4)", "(P3,F4)") for t in labels}
+    matched = P.matched_label(P.matched_baselines(cfg)["rotation"])
+    assert {(r["scenario"], r["task"]) for r in rows} == {(s, t) for s in ("(P1,F4)", matched, "(P3,F4)")
+                                                          for t in labels}
     for r in rows:
         assert int(r["n_seeds"]) == len(cfg["seeds"])
     assert "fashion-mnist-cpu.yaml" in (RECORD / "README.md").read_text()
