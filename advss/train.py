@@ -251,7 +251,7 @@ def run_epoch(job: Job, state: LoopState, stop: _Stop, bar: bool, on_epoch=None)
     epoch = state.epoch
     t0 = time.time()
     _set_mode(model, job.frozen)
-    task.set_epoch(epoch, epochs, dev)  # DynACL's schedule; a no-op for the other tasks
+    task.set_epoch(epoch, epochs, dev)  # a task's per-epoch schedule (Task.set_epoch); most have none
     order = torch.randperm(len(fx), generator=generator(batch_seed(seed, epoch, -1), dev), device=dev)
     run = state.run
     loss_acc = torch.zeros((), device=dev, dtype=torch.float64)  # on the device: no host sync per batch;

@@ -139,3 +139,30 @@ def test_a_new_task_table_and_suite_cost_six_files(tmp_path, tiny_data):
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_layering.py"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:]
+
+
+# The contrastive family (issue 20), as measured: the files of advss/ that name it. The
+# training loop, the step, evaluation and the fast path are not among them: the family went
+# through the Task interface (set_epoch, adversarial: pretext/base.py, and one set_epoch call
+# in train.py, which name no task) and one objective.
+CONTRASTIVE_FILES = {
+    "pretext/contrastive.py",  # the task: views, NT-Xent, dual BN, DynACL's schedule
+    "pretext/__init__.py",     # its TASKS line
+    "objectives.py",           # the acl objective and its OBJECTIVES line
+    "protocol.py",             # its pretrained-model ids, spec keys, published figures
+    "report/successors.py",    # its table
+    "claims.py",               # its claims row
+    "gpucheck.py",             # its GPU-path kinds
+}
+
+
+def test_the_contrastive_family_touches_the_files_the_readme_states():
+    import re
+
+    named = {str(p.relative_to(ROOT / "advss")) for p in (ROOT / "advss").rglob("*.py")
+             if re.search(r"contrastive", p.read_text(), re.I)}
+    assert named == CONTRASTIVE_FILES
+    for core in ("train.py", "step.py", "evaluate.py", "fast.py"):
+        assert not re.search(r"contrastive|DualBatchNorm|dynacl|nt_xent", (ROOT / "advss" / core).read_text(), re.I)
+    readme = (ROOT / "README.md").read_text()
+    assert f"**{len(CONTRASTIVE_FILES)} files** of `advss/` name the contrastive family" in readme
