@@ -46,16 +46,21 @@ def table_claims(spec: dict, prefix):
                    f"claim (RA or attack success rate in %, or epochs to best RA), from the per-example results of the "
                    f"two models on the same test images. Test: {MCNEMAR}: b = images only A gets right (or only A's "
                    f"attack succeeds on), c = the converse, p = the exact two-sided McNemar p-value (binomial on b, c), "
-                   f"95% CI = the exact interval of the difference given b + c (Clopper-Pearson on b/(b + c)), which "
-                   f"excludes 0 exactly when p < 0.05. It accounts for the sampling of test images "
-                   f"only, not for the variation between training seeds, which needs several seeds. A claim holds when "
-                   f"the difference is on the claimed side with p < 0.05, does not hold when it is on the other side "
-                   f"with p < 0.05, and is undecided otherwise; a claim that is not a per-example accuracy (epochs to "
-                   f"best) stays undecided with one seed. Paper difference from its CIFAR-10 ResNet-50 tables.")
+                   f"95% CI = the Bonett-Price adjusted-Wald interval for a difference of paired proportions (b + 1 "
+                   f"and c + 1 of n + 2), which keeps its coverage for differences up to 25 points. Both condition on "
+                   f"the two trained models and on one fixed test set, read as a sample of images: they account for "
+                   f"the sampling of test images only, not for the variation between training seeds, which needs "
+                   f"several seeds. A claim holds when p < 0.05 and the interval lies on the claimed side of 0, does "
+                   f"not hold when p < 0.05 and it lies on the other side, and is undecided otherwise (and says so "
+                   f"where only one of the two excludes 0); a claim that is not a per-example accuracy (epochs to "
+                   f"best) stays undecided with one seed. No correction for testing the ~{len(df)} claims together: "
+                   f"each row is at its own 5 % level. Paper difference from its CIFAR-10 ResNet-50 tables.")
     else:
         caption = (f"Claims of the paper tested on {spec['run']}: difference A − B of the two sides of each claim "
                    f"(RA in %, or epochs to best RA), paired by seed, mean ± std over n seeds with the 95% t-interval "
                    f"of its mean; a claim holds when the interval lies on the claimed side of 0, does not hold when it "
-                   f"lies on the other side, and is undecided otherwise (or with one seed). Paper difference from its "
-                   f"CIFAR-10 ResNet-50 tables.")
+                   f"lies on the other side, and is undecided otherwise (or with one seed). The t-interval covers the "
+                   f"variation between seeds only, on one fixed test set whose own sampling it leaves out; no "
+                   f"correction for testing the ~{len(df)} claims together: each row is at its own 5 % level. Paper "
+                   f"difference from its CIFAR-10 ResNet-50 tables.")
     return write_table(display, df, prefix, caption + BUDGET, spec["config_hash"])
