@@ -315,6 +315,13 @@ def test_table5_has_a_row_per_sign_with_its_own_results(tmp_path):
     assert "pushes g down" not in (tmp_path / "one.md").read_text()
 
 
+def test_paper_config_pretrains_the_ensemble_with_the_references_optimiser():
+    """ensemble_pretrain.py: SGD(lr 0.001, momentum 0.9, weight decay 1e-4, nesterov=True), cosine."""
+    optim = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["ensemble"]["optim"]
+    assert {k: optim[k] for k in ("lr", "momentum", "weight_decay", "nesterov", "schedule")} == {
+        "lr": 0.001, "momentum": 0.9, "weight_decay": 1e-4, "nesterov": True, "schedule": "cosine"}
+
+
 def _dry_run_specs(tmp_path, ensemble: dict, *targets):
     """The --spec of each ensemble pretraining a dry run plans for `targets`, by output path,
     on the mini config with its `ensemble` section's sign keys replaced."""
@@ -336,8 +343,10 @@ def _dry_run_specs(tmp_path, ensemble: dict, *targets):
 def test_each_sign_is_its_own_pretraining_and_table5_asks_for_both(tmp_path):
     run = yaml.safe_load((ROOT / "tests" / "configs" / "mini.yaml").read_text())["run"]
     model = f"results/{run}/pretrain/{{}}/seed0/model.pt"
-    p, specs = _dry_run_specs(tmp_path, {"signs": [1, -1]}, f"results/{run}/tables/table5.csv")
+    optim = {"lr": 0.001, "momentum": 0.9, "weight_decay": 1e-4, "nesterov": True, "schedule": "cosine"}
+    p, specs = _dry_run_specs(tmp_path, {"signs": [1, -1], "optim": optim}, f"results/{run}/tables/table5.csv")
     assert p.returncode == 0, p.stderr[-3000:]
+    assert all(v["optim"] == optim for v in specs.values())  # nesterov reaches the optimiser's spec
     assert {k: v["objective"].get("sign") for k, v in specs.items()} == {
         model.format("ensemble-se"): None, model.format("ensemble-dpe"): 1, model.format("ensemble-dpe-neg"): -1}
     assert all(v["objective"]["alpha"] == 0.1 for k, v in specs.items() if "dpe" in k)

@@ -59,6 +59,17 @@ def test_paper_dag_lists_every_job_without_network(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_dataset_configs_fine_tune_as_the_paper_config():
+    """cifar100.yaml and rimagenet.yaml say every other key is the paper's: the fine-tuning
+    optimiser, its 200-step warm-up from 0.01 included, is config.yaml's."""
+    import yaml
+
+    paper = yaml.safe_load((ROOT / "config/config.yaml").read_text())["finetune"]["optim"]
+    assert paper["warmup_steps"] == 200 and paper["warmup_lr"] == 0.01
+    for name in ("cifar100", "rimagenet"):
+        assert yaml.safe_load((ROOT / f"config/{name}.yaml").read_text())["finetune"]["optim"] == paper, name
+
+
 BAD_CONFIGS = {
     "unknown task": (lambda c: c["pretrain"].__setitem__("tasks", ["rotation", "colorization"]), "colorization"),
     "unknown scenario": (lambda c: c["finetune"]["scenarios"].append(["P4", "F1"]), "P4"),
