@@ -204,12 +204,30 @@ def matched_baselines(cfg: dict) -> dict:
     fc = cfg["finetune"]
     if not fc.get("matched_baseline", True) or not {("P2", "F4"), ("P3", "F4")} & set(map(tuple, fc["scenarios"])):
         return {}
-    return {t: f"full-adv-ep{pretrain_epochs(cfg['pretrain'], t) + int(fc['epochs'])}" for t in cfg["pretrain"]["tasks"]}
+    return {t: f"full-adv-ep{pretrain_epochs(cfg['pretrain'], t) + int(fc['epochs'])}"
+            for t in cfg["pretrain"]["tasks"]}
 
 
 def matched_label(ft: str) -> str:
     """Table 3's scenario label and Figure 1's point of a matched baseline."""
     return f"(P1,F4), {ft_epochs(ft)} epochs"
+
+
+def model_label(src: str, ft: str) -> str:
+    """'(P3,F4) Rotation' of a fine-tuned model id (src, ft); the matched baseline's and the
+    one-shot baseline's own names; other ids as they are."""
+    f = FT_TO_F.get(ft)
+    if (src, ft) == ("scratch", BASELINE_FT):
+        return "One-shot AT + rotation aux."
+    if src == "scratch" and ft_epochs(ft):
+        return matched_label(ft)
+    if src == "scratch" and f:
+        return f"(P1,{f})"
+    m = re.fullmatch(PT_RE, src)
+    if not (m and f):
+        return f"{src}/{ft}"
+    p = next(k for k, v in PRETRAIN_MODES.items() if v == m.group(2))
+    return f"({p},{f}) {TASK_LABEL[m.group(1)]}"
 
 
 def passes_per_image(spec: dict) -> float:

@@ -62,11 +62,11 @@ def partial_note(spec: dict) -> str:
             continue
         frozen = tuple(tr.get("frozen_prefixes", ()))
         blocks = sorted({k.split(".")[1] for k in tr.get("kept_at_init", []) if not k.startswith(frozen)})
-        what = (" and ".join(blocks) + " (not transferred: from random init) and the head") if blocks else "the head only"
+        what = " and ".join(blocks) + " (not transferred: from random init) and the head" if blocks else "the head only"
         said.setdefault(what, []).append(f"{label} {P.TASK_LABEL[t]}")
     if not said:
         return ""
-    return " F1/F2 trained (the rest frozen): " + "; ".join(f"{', '.join(rows)}: {what}" for what, rows in said.items()) + "."
+    return " F1/F2 trained (the rest frozen): " + "; ".join(f"{', '.join(r)}: {what}" for what, r in said.items()) + "."
 
 
 def table3(spec: dict, prefix):

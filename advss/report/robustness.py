@@ -11,21 +11,6 @@ from advss.robustness import ROTAUX
 from advss.tables import aggregate, fmt, save_figure, write_table
 
 
-def model_label(src: str, ft: str) -> str:
-    """'(P3,F4) Rotation' from 'rotation-adv', 'full-adv'; other ids are shown as they are."""
-    f = P.FT_TO_F.get(ft)
-    if (src, ft) == ROTAUX:
-        return "One-shot AT + rotation aux."
-    if src == "scratch" and f:
-        return f"(P1,{f})"
-    try:
-        task, mode = P.parse_pt(src)
-    except ValueError:
-        return f"{src}/{ft}"
-    p = {v: k for k, v in P.PRETRAIN_MODES.items()}[mode]
-    return f"({p},{f}) {P.TASK_LABEL[task]}" if f else f"{src}/{ft}"
-
-
 def _wide(agg, index, column):
     """Pivot `acc` to one column per `column` value, rows and columns in order of first appearance."""
     wide = agg.pivot_table(index=index, columns=column, values="acc")
@@ -56,7 +41,7 @@ def _aa_row(label, seed, r):
 def autoattack_table(spec: dict, prefix):
     """Clean / PGD-k / AutoAttack (pyautoattack, and the in-house cross-check) accuracy on
     the same test subset, per model."""
-    rows = [_aa_row(model_label(src, ft), seed, r)
+    rows = [_aa_row(P.model_label(src, ft), seed, r)
             for src, ft, seed, r in eval_results(spec, spec["autoattack_jobs"], "autoattack")]
     rows += [_aa_row("Ensemble " + "+".join(P.TASK_LABEL[t] for t in sorted(members)), seed,
                      read_json(ensemble_path(spec["run_dir"], members, seed)))
@@ -82,8 +67,8 @@ def unforeseen_table(spec: dict, prefix):
     rows, n = [], set()
     for src, ft, seed, r in eval_results(spec, spec["unforeseen_jobs"], "unforeseen"):
         n.add(r["n"])
-        rows.append({"model": model_label(src, ft), "attack": "clean", "eps": "", "seed": seed, "acc": 100 * r["ta"]})
-        rows += [{"model": model_label(src, ft), "attack": a, "eps": e, "seed": seed, "acc": 100 * v}
+        rows.append({"model": P.model_label(src, ft), "attack": "clean", "eps": "", "seed": seed, "acc": 100 * r["ta"]})
+        rows += [{"model": P.model_label(src, ft), "attack": a, "eps": e, "seed": seed, "acc": 100 * v}
                  for a, per in r["acc"].items() for e, v in per.items()]
     from advss.attacks.unforeseen import ATTACKS, label
 
@@ -113,7 +98,7 @@ def per_attack_accuracy(spec, jobs):
         for a in sorted(runs[0]["acc"], key=list(ATTACKS).index):
             vals = [v for r in runs for v in r["acc"][a].values()]
             acc[a] = 100 * sum(vals) / len(vals)
-        out[model_label(src, ft)] = acc
+        out[P.model_label(src, ft)] = acc
     return out
 
 
@@ -180,7 +165,7 @@ def cifar10c_table(spec: dict, prefix):
     rows, sources = [], set()
     for src, ft, seed, r in eval_results(spec, spec["corruption_jobs"], "corruptions"):
         sources |= set(r["source"].values())
-        base = {"model": model_label(src, ft), "seed": seed}
+        base = {"model": P.model_label(src, ft), "seed": seed}
         for c, per in r["acc"].items():
             rows += [{**base, "corruption": c, "severity": s, "acc": 100 * v} for s, v in per.items()]
         rows.append({**base, "corruption": "clean", "severity": "0", "acc": 100 * r["ta"]})
