@@ -161,14 +161,15 @@ def _dataset(work, n_fit, n_val=256):
 def pipeline_speed(cfg, mode, bs, batches, fast, work, device="auto"):
     """images/s of the second epoch of `advss.train.train`, and graphs built during it."""
     from advss.fast import graphs_compiled
-    from advss.train import train
+    from advss.train import path_fields, train
 
     data = _dataset(work, bs * batches + bs // 2)
-    marks, d = [], Path(work) / f"{mode}-{bs}"
+    marks, d = [], Path(work) / f"{mode}-{bs}-{abs(hash(json.dumps(fast, sort_keys=True))) % 10**6}"
     train(_train_spec(cfg, mode, bs, batches, fast), data, d / "m.pt", d / "m.csv", d / "meta.json",
           device=device, log=lambda m: None, on_epoch=lambda row: marks.append((graphs_compiled(), row["seconds"])))
+    meta = json.loads((d / "meta.json").read_text())
     return {"img_s": bs * batches / marks[1][1], "recompiles": marks[1][0] - marks[0][0],
-            "s_epoch_45k": EPOCH * marks[1][1] / (bs * batches)}
+            "s_epoch_45k": EPOCH * marks[1][1] / (bs * batches), **path_fields(meta)}
 
 
 def plain_bf16(model_cfg, x_u8, y, bs, iters, dev):
@@ -234,36 +235,57 @@ KIND_FACTOR = {"pretrain-adv": ("at", 1 + 1 / 11),   # P3 adds a clean pass to P
 
 
 def protocol_jobs(cfg):
-    """(kind, epochs, images per epoch) of the config's training jobs, and its test evaluations,
-    read from the config as the workflow plans them (pure Python: no Snakemake needed)."""
+    """(kind, epochs, images per epoch, validation images per epoch, validates RA) of the
+    config's training jobs, and its test evaluations, read from the config as the workflow
+    plans them (pure Python: no Snakemake needed)."""
     from advss import protocol as P
 
     tasks, seeds = cfg["pretrain"]["tasks"], len(cfg["seeds"])
     scen = [tuple(x) for x in cfg["finetune"]["scenarios"]]
     n_fit = {"cifar10": 45_000, "cifar100": 45_000, "fashion-mnist": 54_000}.get(cfg["data"]["name"], EPOCH)
+    vf = float(cfg["data"].get("val_fraction", 0.1))
+    n_val = round(n_fit * vf / (1 - vf))
+    ft_val = min(n_val, cfg["finetune"].get("val_max") or n_val)
     jobs = []
     for pt in P.pretrain_jobs(scen, tasks):
         mode = pt.rsplit("-", 1)[1]
-        jobs.append((f"pretrain-{mode}", cfg["pretrain"]["epochs"], n_fit))
+        jobs.append((f"pretrain-{mode}", cfg["pretrain"]["epochs"], n_fit, n_val, mode == "adv"))
     fts = P.scenario_jobs(scen, tasks)
     ens = cfg.get("ensemble")
     if ens:
         signs = ens.get("signs", [ens.get("sign", 1)]) if ("signs" in ens or "sign" in ens) else [1, -1]
-        jobs += [("ensemble-se", ens["epochs"], n_fit)] + [("ensemble-dpe", ens["epochs"], n_fit)] * len(signs)
+        jobs += [("ensemble-se", ens["epochs"], n_fit, n_val, True)] + [
+            ("ensemble-dpe", ens["epochs"], n_fit, n_val, True)] * len(signs)
         fts += [("ensemble", P.finetune_id(f)) for f in ens.get("finetune", ["F4"]) for _ in range(1 + len(signs))]
     for _src, ft in fts:
-        jobs.append((f"finetune-{'adv' if ft.endswith('adv') else 'std'}", cfg["finetune"]["epochs"], n_fit))
+        jobs.append((f"finetune-{'adv' if ft.endswith('adv') else 'std'}", cfg["finetune"]["epochs"], n_fit, ft_val,
+                     True))  # fine-tuning validates TA and PGD RA every epoch
     return [j for j in jobs for _ in range(seeds)], len(fts) * seeds
 
 
+# a clean validation pass costs one forward per image, a PGD-K one K forward+backward passes
+# and a forward (≈ 3K + 1 forward-equivalents): the measured PGD RA throughput scaled by that
+CLEAN_VS_PGD20 = 3 * 20 + 1
+
+
 def protocol_estimate(cfg, per_epoch_s, eval_img_s, n_test=10_000):
+    """GPU-hours: training epochs at the measured seconds per epoch, the per-epoch validation
+    the jobs run (TA and PGD RA at the measured test-evaluation throughput, which is fp32 and
+    so an upper bound for bf16 validation; clean TA alone at 1/61 of that), and the test
+    evaluations."""
     jobs, n_evals = protocol_jobs(cfg)
-    train_s = sum(ep * per_epoch_s[KIND_FACTOR[k][0]] * KIND_FACTOR[k][1] * n / EPOCH for k, ep, n in jobs)
+    train_s = sum(ep * per_epoch_s[KIND_FACTOR[k][0]] * KIND_FACTOR[k][1] * n / EPOCH for k, ep, n, _, _ in jobs)
+    val_s = sum(ep * nv / eval_img_s * (1.0 if ra else 1 / CLEAN_VS_PGD20)
+                for _, ep, _, nv, ra in jobs)
     eval_s = n_evals * n_test / eval_img_s
+    total = train_s + val_s + eval_s
     return {"training_jobs": len(jobs), "evaluation_jobs": n_evals, "train_gpu_hours": round(train_s / 3600, 1),
-            "eval_gpu_hours": round(eval_s / 3600, 2), "gpu_hours": round((train_s + eval_s) / 3600, 1),
-            "note": "sum of epochs x measured seconds per epoch (batch 128) per job kind; factors for P3, "
-                    "ensembles and double backward in advss.bench.KIND_FACTOR; robustness suites not included"}
+            "validation_gpu_hours": round(val_s / 3600, 1), "eval_gpu_hours": round(eval_s / 3600, 2),
+            "gpu_hours": round(total / 3600, 1),
+            "note": "sum of epochs x measured seconds per epoch (batch 128) per job kind, plus per-epoch "
+                    "validation (PGD RA at the measured fp32 test-evaluation rate) and the test evaluations; "
+                    "factors for P3, ensembles and double backward in advss.bench.KIND_FACTOR; robustness "
+                    "suites not included"}
 
 
 def main(argv=None):

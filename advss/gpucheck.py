@@ -96,16 +96,15 @@ def finetune_spec(f, a, model, fast):
 # ------------------------------------------------------------------ runs
 def run_train(spec, data, work, name, init=None):
     from advss.fast import graphs_compiled
-    from advss.train import train
+    from advss.train import path_fields, train
 
-    marks = []
+    marks, logs = [], []
     d = work / name.replace(" ", "_")
-    state = train(spec, data, d / "model.pt", d / "metrics.csv", d / "meta.json", init=init, device=_DEVICE,
-                  log=lambda m: None, on_epoch=lambda row: marks.append(graphs_compiled()))
+    train(spec, data, d / "model.pt", d / "metrics.csv", d / "meta.json", init=init, device=_DEVICE,
+          log=logs.append, on_epoch=lambda row: marks.append(graphs_compiled()))
     meta = json.loads((d / "meta.json").read_text())
-    last = state["rows"][-1]
-    return {"s_per_batch": last["seconds"] / meta["batches_per_epoch"], "recompiles": graphs_compiled() - marks[0],
-            "model": d / "model.pt"}
+    return {"s_per_batch": meta["s_per_batch_after_warmup"][-1], "recompiles": graphs_compiled() - marks[0],
+            **path_fields(meta), "log": [m for m in logs if "graph" in m or "compile" in m][:6], "model": d / "model.pt"}
 
 
 def run_eval(kind, a, cfg, model_cfg, fast, data, work, models):
@@ -156,8 +155,78 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def main(argv=None):
-    global _DEVICE
+class DeadlineReached(BaseException):
+    """Raised by the timer in whatever row is running: not an Exception, so no row's own
+    error handling swallows it."""
+
+
+class Record:
+    """The JSON record of a check, rewritten (atomically) after every row, so that a run
+    cut short still leaves valid JSON with every row measured so far; and a deadline:
+    `start_row` says whether there is time for another row, and a timer stops the row
+    in progress `margin` seconds before the deadline."""
+
+    def __init__(self, out, header: dict, deadline_s: float | None = None, margin: float = 15.0):
+        import signal
+
+        self.out, self.rec, self.t0 = out, {**header, "rows": [], "complete": False}, time.monotonic()
+        self.deadline = deadline_s
+        self.rec["deadline_s"] = deadline_s
+        if deadline_s:
+            def stop(signum, frame):
+                raise DeadlineReached(f"stopped {margin:g} s before the {deadline_s:g} s deadline")
+
+            self.previous = signal.signal(signal.SIGALRM, stop)
+            signal.setitimer(signal.ITIMER_REAL, max(1.0, deadline_s - margin))
+        self.save()
+
+    def left(self) -> float:
+        return math.inf if not self.deadline else self.deadline - (time.monotonic() - self.t0)
+
+    def add(self, row: dict):
+        row.setdefault("at_s", round(time.monotonic() - self.t0, 1))
+        self.rec["rows"].append(row)
+        self.save()
+
+    def save(self):
+        if self.out:
+            from advss.io import write_json
+
+            write_json(self.out, self.rec)
+
+    def finish(self, **fields):
+        import signal
+
+        if self.deadline:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.previous)
+        self.rec.update(fields, complete=not self.rec.get("stopped"))
+        self.save()
+        return self.rec
+
+
+def timed_row(record: Record, name: str, fn, min_left: float = 20.0) -> dict | None:
+    """Run one row unless the deadline is too near; a row that raises is a failed row; the
+    deadline ends the row in progress and the check (recorded as 'stopped')."""
+    if record.left() < min_left:
+        record.rec.setdefault("stopped", f"deadline: {record.left():.0f} s left, rows from here skipped")
+        record.add({"kind": name, "ok": False, "skipped": "deadline"})
+        return None
+    t = time.perf_counter()
+    try:
+        row = {"kind": name, "ok": True, **fn()}
+    except DeadlineReached as e:
+        record.rec["stopped"] = str(e)
+        record.add({"kind": name, "ok": False, "error": f"deadline: {e}", "wall_s": round(time.perf_counter() - t, 1)})
+        raise
+    except Exception as e:  # noqa: BLE001 - a failing row is a row, not the end of the check
+        row = {"kind": name, "ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=6)}
+    row["wall_s"] = round(time.perf_counter() - t, 1)
+    record.add(row)
+    return row
+
+
+def parser():
     ap = argparse.ArgumentParser(prog="python -m advss.gpucheck", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "config" / "demo.yaml"), help="the suites' settings")
     ap.add_argument("--pretext-config", default=str(ROOT / "config" / "config.yaml"), help="the pretext settings")
@@ -172,78 +241,124 @@ def main(argv=None):
     ap.add_argument("--fast", default="{}", help="JSON overrides of the fast settings (default: auto)")
     ap.add_argument("--kinds", nargs="*", help="only these kinds (default: all)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", help="write the rows as JSON here")
+    ap.add_argument("--deadline", type=float, help="seconds: stop (with a valid JSON) before this")
+    ap.add_argument("--out", help="write the rows as JSON here (after every row)")
+    return ap
+
+
+class Checker:
+    """Runs kinds for a record, keeping the checkpoints it trained, so that later calls
+    (gpuquick interleaves benchmark rows between them) reuse their sources and models."""
+
+    def __init__(self, a):
+        global _DEVICE
+        from advss.data import prepare
+        from advss.io import pick_device
+
+        self.a = a
+        self.cfg = yaml.safe_load(Path(a.config).read_text())
+        self.cfg["pretext"] = yaml.safe_load(Path(a.pretext_config).read_text()).get("pretext", {})
+        self.fast = json.loads(a.fast)
+        self.model = {"arch": a.arch, "width": a.width, "stem": "cifar"}
+        _DEVICE = str(pick_device(a.device))
+        self.work = Path(tempfile.mkdtemp(prefix="advss-gpucheck-"))
+        self.data = self.work / "dataset.pt"
+        n_fit = a.batch * a.batches + a.batch // 2 + 1          # a partial last batch, dropped by the loop
+        per_class = math.ceil((n_fit + a.n_eval) / 10)
+        prepare({"name": "procedural", "procedural": {"n_per_class": per_class,
+                 "n_test_per_class": math.ceil(a.n_eval / 10), "seed": 0},
+                 "val_fraction": a.n_eval / (10 * per_class), "split_seed": 0}, self.data)
+        self.ckpt, self.models = {}, {}
+        print(f"{'job kind':<32}{'result':<8}{'s/batch':>9}{'recompiles':>12}{'wall s':>8}  path", flush=True)
+
+    def plan(self, kinds):
+        """`kinds` in their order, each after the models it needs (its pretraining; for an
+        evaluation, the rotation-adv F2/F4 models unless an F4 model exists)."""
+        out = []
+        for k in kinds:
+            deps = []
+            if k.startswith("finetune") and k.split()[1] != "scratch":
+                deps = [k.split()[1]]
+            if k in EVAL_KINDS and "F4" not in self.models and not any(x.startswith("finetune") for x in out + kinds):
+                deps = ["rotation-adv", "finetune rotation-adv F2", "finetune rotation-adv F4"]
+            out += [d for d in deps if d not in out and d not in self.ckpt] + ([k] if k not in out else [])
+        return out
+
+    def one(self, kind):
+        a, cfg, model, fast = self.a, self.cfg, self.model, self.fast
+        if kind in PRETRAIN_KINDS:
+            r = run_train(pretrain_spec(kind, a, cfg, model, fast), self.data, self.work, kind)
+            self.ckpt[kind] = r.pop("model")
+        elif kind.startswith("finetune"):
+            _, src, f = kind.split()
+            init = None if src == "scratch" else self.ckpt.get(src)
+            if src != "scratch" and init is None:
+                raise RuntimeError(f"its source {src} did not train")
+            r = run_train(finetune_spec(f, a, model, fast), self.data, self.work, kind, init=init)
+            path = r.pop("model")
+            if src == "rotation-adv" or f not in self.models:  # the evaluations' models
+                self.models[f] = path
+        else:
+            r = run_eval(kind, a, cfg, model, fast, self.data, self.work, self.models)
+        if not r.get("path_ok", True):
+            raise RuntimeError(f"graphs {r['graphs_requested']} requested, but the step ran: {r['step_path']}")
+        return r
+
+    def run(self, record: Record, kinds):
+        """One row per asked kind; the models they need train without a row of their own."""
+        for kind in self.plan(kinds):
+            if kind not in kinds:
+                try:
+                    self.one(kind)
+                except Exception:  # noqa: BLE001 - the kinds that need it fail with their own row
+                    pass
+                continue
+            row = timed_row(record, kind, lambda: self.one(kind))
+            if row is None:
+                continue
+            res = "ok" if row["ok"] else "FAILED"
+            spb = f"{row['s_per_batch']:.4f}" if row["ok"] and row.get("s_per_batch") else "-"
+            rec = str(row["recompiles"]) if row["ok"] else "-"
+            print(f"{kind:<32}{res:<8}{spb:>9}{rec:>12}{row['wall_s']:>8}  {row.get('step_path', '')}", flush=True)
+            if not row["ok"]:
+                print("    " + row["error"][:300], flush=True)
+
+
+def header(a, name, torch) -> dict:
+    return {"device": name, "torch": torch.__version__, "arch": a.arch, "width": a.width, "batch": a.batch,
+            "fast": json.loads(a.fast) or "auto", "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def summarise(record: Record) -> dict:
+    rows = [r for r in record.rec["rows"] if "kind" in r]
+    ok = all(r["ok"] for r in rows) and all(r.get("recompiles", 0) == 0 for r in rows if r["ok"])
+    print(f"{sum(r['ok'] for r in rows)}/{len(rows)} rows ok; "
+          f"{sum(r.get('recompiles', 0) for r in rows if r['ok'])} recompiles after warm-up"
+          + (f"; {record.rec['stopped']}" if record.rec.get("stopped") else ""), flush=True)
+    return record.finish(all_ok=ok and not record.rec.get("stopped"))
+
+
+def main(argv=None):
+    ap = parser()
     a = ap.parse_args(argv)
-    _DEVICE = a.device
     import torch
 
-    from advss.data import prepare
-    from advss.io import pick_device, write_json
+    from advss.io import pick_device
 
-    cfg = yaml.safe_load(Path(a.config).read_text())
-    cfg["pretext"] = yaml.safe_load(Path(a.pretext_config).read_text()).get("pretext", {})
-    fast = json.loads(a.fast)
-    model = {"arch": a.arch, "width": a.width, "stem": "cifar"}
     kinds = a.kinds or all_kinds()
     unknown = set(kinds) - set(all_kinds())
     if unknown:
         ap.error(f"unknown kinds {sorted(unknown)}; choose from {all_kinds()}")
     dev = pick_device(a.device)
-    _DEVICE = str(dev)
-    work = Path(tempfile.mkdtemp(prefix="advss-gpucheck-"))
-    data = work / "dataset.pt"
-    n_fit = a.batch * a.batches + a.batch // 2 + 1          # a partial last batch, dropped by the loop
-    per_class = math.ceil((n_fit + a.n_eval) / 10)
-    prepare({"name": "procedural", "procedural": {"n_per_class": per_class, "n_test_per_class": math.ceil(a.n_eval / 10),
-             "seed": 0}, "val_fraction": a.n_eval / (10 * per_class), "split_seed": 0}, data)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     print(f"gpucheck on {name}, torch {torch.__version__}, {a.arch} (width {a.width}), batch {a.batch}, "
-          f"fast {fast or 'auto'}", flush=True)
-    print(f"{'job kind':<32}{'result':<8}{'s/batch':>9}{'recompiles':>12}{'wall s':>8}", flush=True)
-    rows, ckpt, models = [], {}, {}
-    evals = [k for k in kinds if k in EVAL_KINDS]
-    fts = [k for k in all_kinds() if k.startswith("finetune") and (k in kinds or (evals and k in (
-        "finetune rotation-adv F2", "finetune rotation-adv F4")))]      # the evaluations' models
-    sources = {k.split()[1] for k in fts} - {"scratch"}
-    plan = [k for k in PRETRAIN_KINDS if k in kinds or k in sources] + fts + evals
-    for kind in plan:
-        t = time.perf_counter()
-        try:
-            if kind in PRETRAIN_KINDS:
-                r = run_train(pretrain_spec(kind, a, cfg, model, fast), data, work, kind)
-                ckpt[kind] = r.pop("model")
-            elif kind.startswith("finetune"):
-                _, src, f = kind.split()
-                init = None if src == "scratch" else ckpt.get(src)
-                if src != "scratch" and init is None:
-                    raise RuntimeError(f"its source {src} did not train")
-                r = run_train(finetune_spec(f, a, model, fast), data, work, kind, init=init)
-                path = r.pop("model")
-                if src == "rotation-adv":
-                    models[f] = path
-            else:
-                r = run_eval(kind, a, cfg, model, fast, data, work, models)
-            row = {"kind": kind, "ok": True, **r}
-        except Exception as e:  # noqa: BLE001 - a failing kind is a row, not the end of the check
-            row = {"kind": kind, "ok": False, "error": f"{type(e).__name__}: {e}",
-                   "traceback": traceback.format_exc(limit=6)}
-        row["wall_s"] = round(time.perf_counter() - t, 1)
-        if kind in kinds:
-            rows.append(row)
-            res = "ok" if row["ok"] else "FAILED"
-            spb = f"{row['s_per_batch']:.4f}" if row["ok"] else "-"
-            rec = str(row["recompiles"]) if row["ok"] else "-"
-            print(f"{kind:<32}{res:<8}{spb:>9}{rec:>12}{row['wall_s']:>8}", flush=True)
-            if not row["ok"]:
-                print("    " + row["error"][:300], flush=True)
-    ok = all(r["ok"] for r in rows) and all(r.get("recompiles", 0) == 0 for r in rows if r["ok"])
-    print(f"{sum(r['ok'] for r in rows)}/{len(rows)} kinds ok; "
-          f"{sum(r.get('recompiles', 0) for r in rows if r['ok'])} recompiles after warm-up", flush=True)
-    rec = {"device": name, "torch": torch.__version__, "arch": a.arch, "width": a.width, "batch": a.batch,
-           "fast": fast or "auto", "time": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows, "all_ok": ok}
-    if a.out:
-        write_json(a.out, rec)
-    return rec
+          f"fast {json.loads(a.fast) or 'auto'}", flush=True)
+    record = Record(a.out, header(a, name, torch), a.deadline)
+    try:
+        Checker(a).run(record, kinds)
+    except DeadlineReached:
+        pass
+    return summarise(record)
 
 
 if __name__ == "__main__":

@@ -69,10 +69,15 @@ def test_protocol_estimate_counts_the_paper_jobs():
 
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     jobs, n_evals = bench.protocol_jobs(cfg)
-    kinds = [k for k, _, _ in jobs]
+    kinds = [j[0] for j in jobs]
     assert kinds.count("pretrain-adv") == 3 and kinds.count("pretrain-std") == 3
     assert kinds.count("ensemble-se") == 1 and kinds.count("ensemble-dpe") == 2
     assert n_evals == kinds.count("finetune-adv") + kinds.count("finetune-std")
     est = bench.protocol_estimate(cfg, {"at": 10.0, "st": 1.0}, eval_img_s=1000.0)
     ft_at = kinds.count("finetune-adv") * 100 * 10.0
     assert est["train_gpu_hours"] * 3600 >= ft_at  # at least the AT fine-tunings' 100 epochs × 10 s
+    # every fine-tuning validates TA and PGD RA on the 5,000 validation images every epoch
+    n_ft = kinds.count("finetune-adv") + kinds.count("finetune-std")
+    assert all(nv == 5000 and ra for k, _, _, nv, ra in jobs if k.startswith("finetune"))
+    assert est["validation_gpu_hours"] * 3600 >= n_ft * 100 * 5000 / 1000.0 - 180
+    assert est["gpu_hours"] >= est["train_gpu_hours"] + est["validation_gpu_hours"] - 0.1

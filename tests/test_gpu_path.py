@@ -240,3 +240,55 @@ def test_describe_handles_empty_messages_and_names_the_real_cause():
     except RuntimeError as e:
         d = describe(e)
     assert "previous error" in d and "ValueError: the real cause" in d and "second line" not in d
+
+
+def test_quick_gpu_check_writes_valid_json_after_every_row_and_stops_by_its_deadline(tmp_path, monkeypatch):
+    """The lease-sized check on a CPU with the GPU settings forced: after every row the file
+    on disk is complete JSON holding that row, and a deadline too short for all rows stops
+    it in time, marked as stopped, with the rows it measured."""
+    import time
+
+    from advss import gpuquick
+
+    out, seen = tmp_path / "quick.json", []
+    real_add = gpucheck.Record.add
+
+    def add(self, row):
+        real_add(self, row)
+        on_disk = json.loads(out.read_text())
+        assert on_disk["rows"][-1]["kind"] == row["kind"]
+        seen.append(row["kind"])
+
+    monkeypatch.setattr(gpucheck.Record, "add", add)
+    deadline = 30.0  # all rows take ~25 s here with a warm compile cache, ~2 min cold: never enough
+    t0 = time.monotonic()
+    rec = gpuquick.main(["--config", str(ROOT / "config" / "demo.yaml"), "--arch", "resnet-tiny", "--width", "4",
+                         "--batches", "2", "--check-batches", "4", "--batch", "8", "--train-steps", "1",
+                         "--eval-steps", "1", "--n-eval", "8", "--ref-iters", "2", "--workers", "0", "--check-n", "32",
+                         "--check-steps", "20", "--eval-n", "16", "--device", "cpu", "--fast", json.dumps(FORCED),
+                         "--deadline", str(deadline), "--work", str(tmp_path / "w"), "--out", str(out)])
+    assert time.monotonic() - t0 < deadline
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(rec)) and not saved["complete"] and "deadline" in saved["stopped"]
+    assert not saved["all_ok"]
+    cut = [r.get("skipped") == "deadline" or r.get("error", "").startswith("deadline") for r in saved["rows"]]
+    assert cut[-1] and cut == sorted(cut)  # measured rows, then the row stopped and those skipped
+    done = [r for r, c in zip(saved["rows"], cut) if not c]
+    assert done and all(r["ok"] for r in done)
+    assert all(r["step_path"] == "captured" and r["replay_check"]["update_cosine"] > 0.99
+               for r in done if r.get("graphs_requested", "off") != "off")
+    assert done[0]["kind"] == "finetune scratch F4" and done[0]["step_path"] == "captured"
+    assert seen == [r["kind"] for r in saved["rows"]]
+
+
+def test_gpucheck_fails_a_row_whose_graphs_fell_back(tmp_path, monkeypatch):
+    """Graphs requested but not effective is a failure, not `ok`, and the row says what ran."""
+    from advss import step
+
+    monkeypatch.setattr(step, "FakeGraph", lambda undo: step._FakeGraphBase(undo, fail=("capture", "boom", False)))
+    rec = gpucheck.main(["--arch", "resnet-tiny", "--width", "4", "--batch", "8", "--batches", "4", "--n-eval", "8",
+                         "--train-steps", "1", "--device", "cpu", "--kinds", "finetune scratch F4",
+                         "--fast", json.dumps({**FORCED, "compile": False}), "--out", str(tmp_path / "g.json")])
+    (row,) = rec["rows"]
+    assert not row["ok"] and not rec["all_ok"]
+    assert "requested, but the step ran: fallback: capture failed: RuntimeError: boom" in row["error"]

@@ -41,6 +41,7 @@ LAYERS = [
     ["advss.report.ensembles"],
     ["advss.report"],  # the registry of tables and figures
     ["advss.cli", "advss.bench", "advss.gpucheck"],  # entry points
+    ["advss.gpuquick"],  # the lease-sized GPU check: gpucheck's kinds and the benchmark's rows
     ["advss.__main__"],
 ]
 RANK = {m: i for i, layer in enumerate(LAYERS) for m in layer}
