@@ -238,7 +238,9 @@ def passes_per_image(spec: dict) -> float:
     the adversarial loss); P3's mean of clean and adversarial losses K + 2 (the clean loss
     adds a pass); TRADES K + 2 (its KL attack, then CE(clean) + β·KL through both inputs;
     the gradient-free clean forward is not counted). The rotation-auxiliary baseline trains
-    on two views of each image (×2). Validation and test evaluation are not counted. NaN
+    on two views of each image (×2). A partial fine-tuning's update is counted as a whole
+    pass, though its backward could stop at the trained part (the attack's cannot).
+    Validation and test evaluation are not counted. NaN
     for the ensemble objective (three inputs and a double backward: not on this scale).
     Selfie's passes go through its patch network and transformer, not the ResNet: a pass
     count, not FLOPs."""
