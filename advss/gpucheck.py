@@ -75,8 +75,10 @@ def pretrain_spec(kind, a, cfg, model, fast):
         obj = {"kind": "ensemble", "alpha": 0.0 if kind == "ensemble-se" else 0.1, "sign": 1, "mix": "clean+adv"}
         return {**s, "task": "ensemble", "objective": obj, "eval_ra": True,
                 "pretext": {"ensemble": {"members": members, "pretext": {t: pretext.get(t, {}) for t in members}}}}
-    if kind in P.CONTRASTIVE:  # the successors: SimCLR, ACL (dual BN), DynACL
-        return {**s, **P.contrastive_spec(kind, pretext.get("contrastive", {}))}
+    if kind in P.CONTRASTIVE:  # the successors: SimCLR, ACL (dual BN), DynACL (a new strength and
+        # adversarial weight each epoch, so the captured step meets a changed weight tensor)
+        opts = {**pretext.get("contrastive", {}), **({"reload_every": 1} if kind == "dynacl" else {})}
+        return {**s, **P.contrastive_spec(kind, opts)}
     if kind == "rotaux":
         return {**s, "stage": "finetune", "task": "rotaux", "pretext": {"rotaux": {"rot_weight": 0.5}},
                 "objective": {"kind": "adversarial", "mix": "adv"}, "eval_ra": True}
