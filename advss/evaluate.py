@@ -131,9 +131,10 @@ def _evaluate(model, task, x, y, threat, batch_size, seed):
         clean.append(task.correct(logits, targets)[:n].float())
         pc.append(logits.argmax(-1)[:n])
         if threat is not None:
-            x_adv = pgd(lambda z: task.loss(model, z, targets)[0], inputs, threat, gen)
-            with torch.no_grad():
-                _, logits_adv = task.loss(model, x_adv, targets)
+            with task.adversarial(model):  # a dual-BN pretext task (ACL) attacks through its adversarial BN
+                x_adv = pgd(lambda z: task.loss(model, z, targets)[0], inputs, threat, gen)
+                with torch.no_grad():
+                    _, logits_adv = task.loss(model, x_adv, targets)
             adv.append(task.correct(logits_adv, targets)[:n].float())
             pa.append(logits_adv.argmax(-1)[:n])
     model.train(was)

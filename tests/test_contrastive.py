@@ -161,3 +161,17 @@ def test_contrastive_pretraining_runs_through_the_loop_and_transfers(tiny_data, 
     assert not any(".adv." in k or ".clean." in k for k in ck["state_dict"])
     ft = train_spec(epochs=1)
     train(ft, tiny_data, d / "f.pt", d / "f.csv", d / "f.json", init=d / "m.pt", device="cpu", log=lambda m: None)
+
+
+def test_validation_attacks_a_dual_bn_task_through_its_adversarial_bn(monkeypatch):
+    from advss.evaluate import evaluate
+
+    model, task = _model(dual_bn=True)
+    routes = []
+    forward = DualBatchNorm.forward
+    monkeypatch.setattr(DualBatchNorm, "forward", lambda self, x: routes.append(self.route_adv) or forward(self, x))
+    threat = Threat(eps=8 / 255, step=2 / 255, steps=1, bn_mode="eval")
+    ev = evaluate(model, task, _images(8), torch.zeros(8, dtype=torch.long), threat, 8)
+    assert ev["clean"].shape == (8,) and ev["adv"].shape == (8,)
+    assert True in routes and False in routes  # clean passes clean, attack and adversarial passes adversarial
+    assert routes[:len(routes) // 3].count(True) == 0  # the clean pass comes first
