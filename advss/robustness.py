@@ -87,7 +87,7 @@ def eval_autoattack(model, x, y, x_uint8, spec):
            "ra_pgd": pgd_ok.float().mean().item(), "pgd_steps": ref.steps, "eps": eps,
            "attack": f"autoattack-{cfg['version']}-linf", "implementation": primary["package"],
            "version": cfg["version"], "per_component": primary["per_component"], "components": primary["attacks"],
-           "left_out": [], **budget}
+           "left_out": [], **budget, "n_target_classes_used": primary["n_target_classes_used"]}
     arrays = {"correct_clean": clean, "correct_adv": primary["robust"], "correct_pgd": pgd_ok}
     if cfg["inhouse"]:
         own = autoattack(model, x, y, eps=eps, n_iter=budget["n_iter"], seed=seed, batch_size=bs,

@@ -159,3 +159,27 @@ def test_installed_pyautoattack_is_the_authors_code():
     assert (aa.apgd_targeted.n_target_classes, aa.apgd_targeted.n_iter) == (9, 100)
     assert (aa.fab.n_target_classes, aa.fab.n_restarts, aa.fab.n_iter) == (9, 1, 100)
     assert (aa.square.n_queries, aa.square.p_init, aa.square.rescale_schedule) == (5000, 0.8, False)
+
+
+def test_pyautoattack_caps_the_target_classes_below_ten_classes():
+    """pyautoattack's APGD-T and FAB-T index the 2nd..10th highest logits unguarded: a 5-class
+    model (like R-ImageNet's 9-class map) raised IndexError. The cap, set after either version
+    is built, targets 4 classes here (the standard version's 5,000 Square queries would take 12 s)."""
+    from advss.attacks.autoattack import pyautoattack_eval
+
+    templates = F.interpolate(torch.rand(5, 3, 2, 2, generator=torch.Generator().manual_seed(0)), size=8,
+                              mode="bilinear", align_corners=False).flatten(1)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 5))  # nearest template
+    with torch.no_grad():
+        model[1].weight.copy_(templates)
+        model[1].bias.copy_(-0.5 * (templates ** 2).sum(1))
+    y = torch.arange(10) % 5
+    x = (templates[y] + 0.02 * torch.randn(10, 192, generator=torch.Generator().manual_seed(1))).view(10, 3, 8, 8)
+    assert accuracy(model, x, y) == 1.0  # every point reaches APGD-T
+    out = pyautoattack_eval(model, x, y, 1 / 255, version="custom", n_iter=2, n_target_classes=9, n_queries=2,
+                            fab_n_iter=2)
+    assert out["n_target_classes_used"] == 4 and out["budget"]["n_target_classes"] == 9
+    assert list(out["per_component"]) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
+    with pytest.raises(ValueError, match="at least 4 classes"):
+        pyautoattack_eval(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 3)), x, y % 3, 1 / 255,
+                          version="custom", n_iter=2, n_queries=2, fab_n_iter=2)

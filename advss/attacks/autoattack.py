@@ -257,8 +257,9 @@ def pyautoattack_eval(model, x, y, eps, version="standard", n_iter=100, n_target
     FAB-T, Square with STANDARD_BUDGET); the budget arguments must then be the
     standard ones. version "custom": the same four attacks in the same order,
     one restart each as in "standard", with the given smaller budget (a cheap
-    CPU demo). Returns dict(robust, per_component {"clean": acc, attack: robust
-    accuracy after it}, attacks, budget, version, package).
+    CPU demo). Either way APGD-T and FAB-T target min(n_target_classes, classes − 1)
+    classes. Returns dict(robust, per_component {"clean": acc, attack: robust
+    accuracy after it}, attacks, budget, n_target_classes_used, version, package).
     """
     import pyautoattack
     from pyautoattack import AutoAttack
@@ -276,6 +277,13 @@ def pyautoattack_eval(model, x, y, eps, version="standard", n_iter=100, n_target
     x, y = x.detach().float(), y.to(x.device)
     dev = x.device
     with eval_mode(model):
+        # APGD-T and FAB-T target the 2nd..(k+1)th highest logits without a guard: with
+        # fewer than k + 1 classes (R-ImageNet's 9) they raise IndexError, so k is capped.
+        with torch.no_grad():
+            n_classes = int(model(x[:1]).shape[-1])
+        if n_classes < 4:
+            raise ValueError(f"AutoAttack's targeted DLR loss needs at least 4 classes, the model has {n_classes}")
+        targets = min(budget["n_target_classes"], n_classes - 1)
         if version == "standard":
             aa = AutoAttack(model, norm="Linf", eps=eps, seed=int(seed), version="standard", device=dev)
         else:  # fresh attack objects: APGD derives its step-size checkpoints from n_iter when built
@@ -283,12 +291,11 @@ def pyautoattack_eval(model, x, y, eps, version="standard", n_iter=100, n_target
                             attacks=list(STANDARD_ATTACKS), device=dev)
             common = dict(eps=eps, norm="Linf", seed=int(seed), device=dev)
             aa.apgd = APGDAttack(model, n_iter=budget["n_iter"], n_restarts=1, rho=RHO, **common)
-            aa.apgd_targeted = APGDAttack_targeted(model, n_iter=budget["n_iter"], n_restarts=1, rho=RHO,
-                                                   n_target_classes=budget["n_target_classes"], **common)
-            aa.fab = FABAttack_PT(model, n_iter=budget["fab_n_iter"], n_restarts=1,
-                                  n_target_classes=budget["n_target_classes"], **common)
+            aa.apgd_targeted = APGDAttack_targeted(model, n_iter=budget["n_iter"], n_restarts=1, rho=RHO, **common)
+            aa.fab = FABAttack_PT(model, n_iter=budget["fab_n_iter"], n_restarts=1, **common)
             aa.square = SquareAttack(model, n_queries=budget["n_queries"], p_init=SQUARE_P_INIT, n_restarts=1,
                                      resc_schedule=False, **common)
+        aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = targets
         if list(aa.attacks_to_run) != list(STANDARD_ATTACKS):
             raise RuntimeError(f"pyautoattack {pyautoattack.__version__} runs {aa.attacks_to_run}, "
                                f"not the standard {STANDARD_ATTACKS}")
@@ -304,7 +311,7 @@ def pyautoattack_eval(model, x, y, eps, version="standard", n_iter=100, n_target
             n_robust -= fooled.get(name, 0)
             per_component[name] = n_robust / len(y)
     return dict(robust=robust, per_component=per_component, attacks=list(STANDARD_ATTACKS), budget=budget,
-                version=version, package=f"pyautoattack {pyautoattack.__version__}")
+                n_target_classes_used=targets, version=version, package=f"pyautoattack {pyautoattack.__version__}")
 
 
 def _counting(perturb, model, name, fooled):
