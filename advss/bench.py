@@ -248,8 +248,8 @@ def protocol_jobs(cfg):
     ft_val = min(n_val, cfg["finetune"].get("val_max") or n_val)
     jobs = []
     for pt in P.pretrain_jobs(scen, tasks):
-        mode = pt.rsplit("-", 1)[1]
-        jobs.append((f"pretrain-{mode}", cfg["pretrain"]["epochs"], n_fit, n_val, mode == "adv"))
+        task, mode = pt.rsplit("-", 1)
+        jobs.append((f"pretrain-{mode}", P.pretrain_epochs(cfg["pretrain"], task), n_fit, n_val, mode == "adv"))
     fts = P.scenario_jobs(scen, tasks)
     ens = cfg.get("ensemble")
     if ens:
@@ -257,9 +257,11 @@ def protocol_jobs(cfg):
         jobs += [("ensemble-se", ens["epochs"], n_fit, n_val, True)] + [
             ("ensemble-dpe", ens["epochs"], n_fit, n_val, True)] * len(signs)
         fts += [("ensemble", P.finetune_id(f)) for f in ens.get("finetune", ["F4"]) for _ in range(1 + len(signs))]
+    fts += [("scratch", ft) for ft in sorted(set(P.matched_baselines(cfg).values()))]  # one job per budget
     for _src, ft in fts:
-        jobs.append((f"finetune-{'adv' if ft.endswith('adv') else 'std'}", cfg["finetune"]["epochs"], n_fit, ft_val,
-                     True))  # fine-tuning validates TA and PGD RA every epoch
+        adv = P.parse_ft(ft)[1]
+        jobs.append((f"finetune-{'adv' if adv else 'std'}", P.ft_epochs(ft) or cfg["finetune"]["epochs"], n_fit,
+                     ft_val, True))  # fine-tuning validates TA and PGD RA every epoch
     return [j for j in jobs for _ in range(seeds)], len(fts) * seeds
 
 

@@ -78,6 +78,8 @@ def test_protocol_estimate_counts_the_paper_jobs():
     assert est["train_gpu_hours"] * 3600 >= ft_at  # at least the AT fine-tunings' 100 epochs × 10 s
     # every fine-tuning validates TA and PGD RA on the 5,000 validation images every epoch
     n_ft = kinds.count("finetune-adv") + kinds.count("finetune-std")
+    matched = [j for j in jobs if j[0] == "finetune-adv" and j[1] != cfg["finetune"]["epochs"]]
+    assert [j[1] for j in matched] == [cfg["pretrain"]["epochs"] + cfg["finetune"]["epochs"]]  # the matched baseline
     assert all(nv == 5000 and ra for k, _, _, nv, ra in jobs if k.startswith("finetune"))
     assert est["validation_gpu_hours"] * 3600 >= n_ft * 100 * 5000 / 1000.0 - 180
     assert est["gpu_hours"] >= est["train_gpu_hours"] + est["validation_gpu_hours"] - 0.1
