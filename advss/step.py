@@ -25,7 +25,6 @@ draws, lr), its failure paths and its replay check without CUDA.
 """
 from __future__ import annotations
 
-
 import torch
 
 
