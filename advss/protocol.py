@@ -364,5 +364,4 @@ PUBLISHED_ROBUST_SSL = {
     "dynacl++": (81.93, 50.34, "ResNet-18", "AFF", "RobustSSL_Benchmark (GodXuxilie/RobustSSL_Benchmark), AFF + AutoAttack"),
     "chen2020": (86.04, 51.56, "3× ResNet-50 ensemble", "F4", "RobustBench cifar10 Linf, Chen2020Adversarial"),
 }
-PUBLISHED_LABEL = {"acl": "ACL (DS)", "dynacl": "DynACL", "dynacl++": "DynACL++ (not trained here)",
-                   "chen2020": "Chen et al. 2020 ensemble (not trained here)"}
+PUBLISHED_LABEL = {**CONTRASTIVE_LABEL, "dynacl++": "DynACL++", "chen2020": "Chen et al. 2020 ensemble"}

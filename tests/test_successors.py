@@ -48,6 +48,8 @@ def test_table_has_the_results_and_the_published_figures(tmp_path):
     assert rot["paper_ra"] == P.PAPER_TABLE3["rotation"]["P3F4"][1]
     chen = csv[csv["key"] == "chen2020"].iloc[0]
     assert chen["published_aa"] == 51.56 and "RobustBench" in chen["published_source"]
+    published_only = set(csv["key"][csv["model"].str.endswith("(published only)")])
+    assert published_only == {"dynacl", "dynacl++", "chen2020"}  # every published figure, trained here or not
     md = (tmp_path / "robust_ssl.md").read_text()
     assert "SLF = F1" in md and "AFF = F4" in md and "TRADES" in md and "DynACL++" in md
 

@@ -46,16 +46,17 @@ def table_robust_ssl(spec: dict, prefix):
     agg["paper_ta"], agg["paper_ra"] = [v[0] for v in paper3], [v[1] for v in paper3]  # the 2020 paper's PGD-20
     agg["published_clean"] = [p[0] if p else None for p in published]
     agg["published_aa"] = [p[1] if p else None for p in published]
-    agg["published_source"] = [p[4] if p else "" for p in published]
-    extra = pd.DataFrame([{"scenario": "(P3,F4)" if k == "chen2020" else "(P3,F4) AFF", "successor_name": "",
-                           "model": P.PUBLISHED_LABEL[k], "key": k, "source": "", "published_clean": v[0],
-                           "published_aa": v[1], "published_source": f"{v[4]} ({v[2]})"}
-                          for k, v in P.PUBLISHED_ROBUST_SSL.items() if k in ("dynacl++", "chen2020")])
+    agg["published_source"] = [f"{p[4]} ({p[2]})" if p else "" for p in published]
+    trained = set(agg["key"][agg["scenario"] == "(P3,F4)"])
+    extra = pd.DataFrame([{"scenario": "(P3,F4)", "successor_name": "AFF" if v[3] == "AFF" else "",
+                           "model": f"{P.PUBLISHED_LABEL[k]} (published only)", "key": k, "source": "",
+                           "published_clean": v[0], "published_aa": v[1], "published_source": f"{v[4]} ({v[2]})"}
+                          for k, v in P.PUBLISHED_ROBUST_SSL.items() if k not in trained])
     agg = pd.concat([agg, extra], ignore_index=True)
     cols = result_columns(agg)
     display = pd.DataFrame({"Scenario": [f"{s} {n}".strip() for s, n in zip(agg["scenario"], agg["successor_name"].fillna(""))],
                             "Model": agg["model"], **cols,
-                            "Pretraining h": [fmt(m, s) for m, s in zip(agg["pretrain_hours"], agg["pretrain_hours_std"])],
+                            "Pretraining h": [fmt(m, s, 3) for m, s in zip(agg["pretrain_hours"], agg["pretrain_hours_std"])],
                             "Published clean": [fmt(v) for v in agg["published_clean"]],
                             "Published AutoAttack": [fmt(v) for v in agg["published_aa"]],
                             "Published source": agg["published_source"]})
