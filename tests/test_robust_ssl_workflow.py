@@ -34,10 +34,10 @@ def test_robust_ssl_config_lists_the_successors_jobs(tmp_path):
     cfg = yaml.safe_load((ROOT / "config" / "robust-ssl.yaml").read_text())
     out, jobs = _dry(["-s", str(SNAKEFILE), "-d", str(tmp_path), "--configfile", str(ROOT / "config" / "robust-ssl.yaml")],
                      tmp_path)
-    methods, tasks = cfg["robust_ssl"]["methods"], cfg["pretrain"]["tasks"]
+    methods, tasks, modes = cfg["robust_ssl"]["methods"], cfg["pretrain"]["tasks"], cfg["robust_ssl"]["finetune"]
     assert jobs["pretrain"] == len(methods) + len(tasks)  # each method, and each 2020 task's P3
-    assert jobs["model_card"] == len(methods) and jobs["table_robust_ssl"] == 1
-    assert jobs["robustness"] == len(methods) + len(tasks)  # AutoAttack on every row's model
+    assert jobs["model_card"] == len(methods) * len(modes) and jobs["table_robust_ssl"] == 1
+    assert jobs["robustness"] == len(methods) * len(modes) + len(tasks)  # AutoAttack on every row's model
     contrastive = [s for s in _specs(out, "pretrain") if s["task"] == "contrastive"]
     assert len(contrastive) == len(methods)
     for s in contrastive:
@@ -48,7 +48,10 @@ def test_robust_ssl_config_lists_the_successors_jobs(tmp_path):
                     s["pretext"]["contrastive"].get("schedule", "constant")) for s in contrastive)
     assert kinds == [("acl", True, "constant"), ("acl", True, "dynacl"), ("standard", False, "constant")]
     fts = _specs(out, "finetune")
-    assert all(s["objective"]["kind"] == "trades" for s in fts if s["partial"] is False and s["select_by"] == "val_ra")
+    aff = [s for s in fts if not s["partial"] and s["select_by"] == "val_ra"]
+    assert aff and all(s["objective"]["kind"] == "trades" and s["epochs"] == 100 and s["batch_size"] == 128 for s in aff)
+    slf = [s for s in fts if s["partial"]]  # SLF/ALF exist for the contrastive models only, with their own settings
+    assert len(slf) == 2 * len(methods) and all(s["epochs"] == 25 and s["optim"]["lr"] == 0.01 for s in slf)
 
 
 def test_workflow_runs_as_a_module_from_a_fresh_folder(tmp_path):

@@ -192,6 +192,8 @@ def finetune_spec(wildcards):
     epochs = P.ft_epochs(wildcards.ft)
     if epochs:  # '<ft>-ep<N>' (the matched baseline): N epochs, the schedule's milestones scaled
         spec.update(epochs=epochs, optim=P.scaled_optim(fc["optim"], epochs, fc["epochs"]))
+    if wildcards.src in P.CONTRASTIVE:  # the successors' own settings per mode (robust_ssl_inputs.smk)
+        spec = robust_ssl_finetune(spec, wildcards.ft)
     return _dump(spec)
 
 

@@ -24,6 +24,12 @@ def contrastive_pretrain_spec(wildcards):
     })
 
 
+def robust_ssl_finetune(spec, ft):
+    """A contrastive model's fine-tuning: the finetune section's, with `robust_ssl.modes.<F>`
+    over it (epochs, batch, optimiser: RobustSSL_Benchmark's own SLF/ALF settings)."""
+    return {**spec, **RSSL.get("modes", {}).get(P.FT_TO_F[ft], {})}
+
+
 def robust_ssl_jobs():
     """(src, ft): each 2020 task's (P3,F4), then each method under each configured mode."""
     jobs = [(P.pretrain_id(t, "P3"), P.finetune_id("F4")) for t in TASKS]
