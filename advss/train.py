@@ -80,11 +80,16 @@ def _set_mode(model: Model, frozen: tuple):
                 m.eval()
 
 
-def freeze_transferred(model: Model, prefixes) -> tuple:
-    """Partial fine-tuning (F1/F2): freeze exactly what the pretraining trained and
-    transferred (θp); the rest of the trunk (Selfie's and the ensemble's layer4, which
-    they never train) trains with the head (θf). Returns the frozen prefixes."""
-    prefixes = tuple(p for p in prefixes if p.startswith("trunk."))
+PARTIAL_TRAINS = ("untransferred", "head")  # config finetune.partial_trains
+
+
+def freeze_transferred(model: Model, prefixes, trains: str = "untransferred") -> tuple:
+    """Partial fine-tuning (F1/F2). 'untransferred', the paper's θp fixed / θf trained:
+    freeze exactly what the pretraining trained and transferred; the rest of the trunk
+    (Selfie's and the ensemble's layer4, which they never train) trains with the head.
+    'head': freeze the whole trunk, so that F1/F2 train the same linear head after every
+    pretext. Returns the frozen prefixes (BN there stays in eval mode, `_set_mode`)."""
+    prefixes = ("trunk.",) if trains == "head" else tuple(p for p in prefixes if p.startswith("trunk."))
     for name, p in model.named_parameters():
         if name.startswith(prefixes):
             p.requires_grad_(False)
@@ -165,9 +170,11 @@ def setup(spec: dict, data_path, init=None, resume_dir=None, device="auto", log=
     data = D.load(data_path, dev)
     model, task = build(spec, data["num_classes"])
     transfer, frozen = None, ()
-    partial = bool(spec.get("partial", False))
+    partial, trains = bool(spec.get("partial", False)), spec.get("partial_trains", "untransferred")
     if partial and not init:
         raise AdvssError("partial fine-tuning (F1/F2) needs a pretrained model (--init)")
+    if trains not in PARTIAL_TRAINS:
+        raise AdvssError(f"partial_trains must be one of {PARTIAL_TRAINS}, not {trains!r}")
     if init:
         ck = load_checkpoint(init, spec["model"])
         prefixes = ck.get("transfer_prefixes", ["trunk."])
@@ -175,7 +182,7 @@ def setup(spec: dict, data_path, init=None, resume_dir=None, device="auto", log=
         log(f"loaded {transfer['loaded']} pretrained trunk tensors from {init}; "
             f"{len(transfer['kept_at_init'])} kept at init")
         if partial:
-            frozen = freeze_transferred(model, prefixes)
+            frozen = freeze_transferred(model, prefixes, trains)
             transfer["frozen_prefixes"] = list(frozen)
     obj = spec["objective"]
     fast = fast_settings(spec, dev)

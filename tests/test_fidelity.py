@@ -165,3 +165,52 @@ def test_every_test_set_evaluation_turns_tf32_off(tiny_data, tmp_path, tf32_spy)
     robustness.run("corruptions", spec, tiny_data, [ck], tmp_path / "c.json", tmp_path / "c.npz", "cpu")
     assert tf32_spy and not any(tf32_spy)
     assert torch.backends.cudnn.allow_tf32  # and the caller's setting is back afterwards
+
+
+def test_head_only_partial_finetuning_freezes_the_whole_trunk(pretrained, tiny_data, tmp_path):
+    """finetune.partial_trains: head. After Selfie, whose checkpoint transfers stem..layer3 only,
+    F1 trains the head alone: nothing in the trunk requires grad or moves, its BN included."""
+    from advss.io import AdvssError
+    from advss.train import setup
+
+    spec = train_spec(partial=True, partial_trains="head", epochs=1)
+    job = setup(spec, tiny_data, init=pretrained["selfie"], device="cpu", log=lambda m: None)
+    assert job.frozen == ("trunk.",) and job.transfer["frozen_prefixes"] == ["trunk."]
+    trainable = [k for k, p in job.model.named_parameters() if p.requires_grad]
+    assert trainable and all(k.startswith("head.") for k in trainable)
+    d = tmp_path / "f1"
+    train(spec, tiny_data, d / "model.pt", d / "m.csv", d / "meta.json", init=pretrained["selfie"], device="cpu",
+          log=lambda m: None)
+    after = load_checkpoint(d / "model.pt")["state_dict"]
+    start = job.model.state_dict()  # the transferred trunk plus layer4 at its (seeded) init
+    assert all(torch.equal(v, start[k]) for k, v in after.items() if k.startswith("trunk."))
+    assert not torch.equal(after["head.weight"], start["head.weight"])
+    with pytest.raises(AdvssError, match="partial_trains"):
+        setup(train_spec(partial=True, partial_trains="layer4"), tiny_data, init=pretrained["selfie"], device="cpu",
+              log=lambda m: None)
+
+
+@pytest.mark.parametrize("trains", [None, "head"])
+def test_partial_trains_reaches_the_partial_specs_only(tmp_path, trains):
+    """The key is in the F1/F2 specs when set to head, and absent by default (the default
+    reruns nothing)."""
+    import shlex
+
+    import yaml
+    from conftest import ROOT
+    from test_workflow import snakemake
+
+    cfg = yaml.safe_load((ROOT / "tests/configs/mini.yaml").read_text())
+    if trains:
+        cfg["finetune"]["partial_trains"] = trains
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    p = snakemake("-n", "-p", f"results/{cfg['run']}/tables/table3.csv", "--configfile", tmp_path / "cfg.yaml",
+                  cwd=tmp_path)
+    specs = {}
+    for line in p.stdout.splitlines():
+        if line.startswith("Shell command: python -m advss finetune"):
+            args = shlex.split(line.removeprefix("Shell command: ").split(" > ")[0])
+            specs[args[args.index("--out-model") + 1]] = json.loads(args[args.index("--spec") + 1])
+    partial = {k: v.get("partial_trains") for k, v in specs.items() if "/partial-" in k}
+    assert partial and set(partial.values()) == {trains}
+    assert all("partial_trains" not in v for k, v in specs.items() if "/partial-" not in k)

@@ -187,6 +187,8 @@ def finetune_spec(wildcards):
         "val_max": fc.get("val_max"),
         "revision": {k: P.REVISION[k] for k in ("pgd", "train")},
     }
+    if partial and fc.get("partial_trains", "untransferred") != "untransferred":  # the default stays out: same hash
+        spec["partial_trains"] = fc["partial_trains"]
     if wildcards.ft == P.BASELINE_FT:  # the one-shot AT + rotation baseline (rotaux_spec, rules/ablations_inputs.smk)
         spec = rotaux_spec(spec)
     epochs = P.ft_epochs(wildcards.ft)
