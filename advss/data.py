@@ -112,6 +112,11 @@ def load_fashion_mnist(root):
 
 
 def load_cifar(root, name: str, download: bool):
+    """torchvision's CIFAR under root; with download, fetched there first. Any failure to
+    find or fetch it (no network: urllib's URLError, a timeout, a refused connection, a
+    corrupt or partial archive) becomes one AdvssError that says what to copy where."""
+    import tarfile
+
     import torchvision
 
     cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
@@ -119,9 +124,13 @@ def load_cifar(root, name: str, download: bool):
     for split in ("train", "test"):
         try:
             ds = cls(str(root), train=split == "train", download=download)
-        except RuntimeError as e:
-            raise AdvssError(f"{name} not found under {root} ({e}); set data.download: true on a machine "
-                             "with internet, or copy the extracted dataset there") from None
+        except (OSError, RuntimeError, tarfile.TarError) as e:
+            what = (f"data.download is true, but fetching {name} from {cls.url} into {root} failed "
+                    f"({type(e).__name__}: {e}); this machine may have no network" if download else
+                    f"{name} not found under {root} ({e})")
+            raise AdvssError(f"{what}. Copy the extracted dataset there, so that {Path(root) / cls.base_folder}/ "
+                             f"holds its batch files (the archive {cls.url} unpacked), or run prepare_data once with "
+                             f"data.download: true on a machine with internet") from None
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
         out[split] = (x, torch.tensor(ds.targets, dtype=torch.long))
     return out

@@ -79,3 +79,39 @@ def test_missing_dataset_directory_names_it(tmp_path):
     with pytest.raises(AdvssError, match="nowhere"):
         D.prepare({"name": "fashion-mnist", "root": str(tmp_path / "nowhere")}, tmp_path / "d.pt")
     assert not (tmp_path / "d.pt").exists()
+
+
+def _no_network(monkeypatch):
+    """No DNS and no connection, as on an offline compute node: what urllib meets first."""
+    import socket
+
+    def refuse(*a, **k):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (network unavailable in this test)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.mark.parametrize("name, folder", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")])
+def test_a_download_without_network_is_one_clear_error(tmp_path, monkeypatch, capsys, name, folder):
+    """data.download: true on a machine without network: no urllib traceback, one AdvssError
+    naming the dataset, the root and the folder to copy there (from `advss prepare` too)."""
+    import json
+
+    from advss.cli import main
+
+    _no_network(monkeypatch)
+    root = tmp_path / "empty"
+    with pytest.raises(AdvssError) as e:
+        D.prepare({"name": name, "root": str(root), "download": True}, tmp_path / "d.pt")
+    msg = str(e.value)
+    assert name in msg and str(root) in msg and f"{root / folder}/" in msg and "no network" in msg
+    assert "URLError" in msg and "data.download: true on a machine with internet" in msg
+    with pytest.raises(SystemExit) as ex:
+        main(["prepare", "--spec", json.dumps({"name": name, "root": str(root), "download": True}),
+              "--out", str(tmp_path / "d.pt")])
+    err = capsys.readouterr().err
+    assert ex.value.code == 2 and "Traceback" not in err and err.startswith("advss prepare: error: data.download")
+    # without download, the same folder is named
+    with pytest.raises(AdvssError, match=f"{folder}/"):
+        D.prepare({"name": name, "root": str(root), "download": False}, tmp_path / "d.pt")
