@@ -78,7 +78,8 @@ def pretrain_spec(kind, a, cfg, model, fast):
     if kind in P.CONTRASTIVE:  # the successors: SimCLR, ACL (dual BN), DynACL (a new strength and
         # adversarial weight each epoch, so the captured step meets a changed weight tensor)
         opts = {**pretext.get("contrastive", {}), **({"reload_every": 1} if kind == "dynacl" else {})}
-        return {**s, **P.contrastive_spec(kind, opts)}
+        lars = {"optim": {**s["optim"], "optimizer": "lars", "lars_eta": 0.001}} if kind != "simclr" else {}  # ACL's
+        return {**s, **P.contrastive_spec(kind, opts), **lars}
     if kind == "rotaux":
         return {**s, "stage": "finetune", "task": "rotaux", "pretext": {"rotaux": {"rot_weight": 0.5}},
                 "objective": {"kind": "adversarial", "mix": "adv"}, "eval_ra": True}

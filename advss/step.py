@@ -120,12 +120,28 @@ def sgd_update(opt: torch.optim.SGD, lr: torch.Tensor):
             raise ValueError("advss's SGD step supports dampening 0 and maximize False only")
         wd, mom = g["weight_decay"], g["momentum"]
         d = torch._foreach_add(grads, ps, alpha=wd) if wd else list(grads)
+        if g.get("lars_eta"):  # the group asks for LARS (optim.optimizer: lars)
+            _lars(opt, ps, grads, d, lr, g["lars_eta"], wd, mom)
+            continue
         if mom:
             bufs = [opt.state[p]["momentum_buffer"] for p in ps]
             torch._foreach_mul_(bufs, mom)
             torch._foreach_add_(bufs, d)
             d = torch._foreach_add(d, bufs, alpha=mom) if g.get("nesterov") else bufs
         torch._foreach_sub_(ps, torch._foreach_mul(d, lr))
+
+
+def _lars(opt, ps, grads, d, lr, eta, wd, mom):
+    """LARS (You et al. 2017) as ACL's and DynACL's optimizer/lars.py computes it, for every
+    parameter: local lr η·‖w‖ / (‖g‖ + wd·‖w‖) (1 where either norm is below 1e-15),
+    buf = m·buf + lr·local·(g + wd·w), w −= buf (the learning rate inside the momentum).
+    Norms and the local rate stay on the device (no host sync)."""
+    w_norm, g_norm = torch._foreach_norm(ps), torch._foreach_norm(grads)
+    for p, step, wn, gn in zip(ps, d, w_norm, g_norm):
+        local = torch.where((wn < 1e-15) | (gn < 1e-15), torch.ones_like(wn), eta * wn / (gn + wd * wn))
+        buf = opt.state[p]["momentum_buffer"]
+        buf.mul_(mom).add_(step * (local * lr))
+        p.sub_(buf)
 
 
 # ------------------------------------------------------------------ the step

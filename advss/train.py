@@ -196,6 +196,10 @@ def setup(spec: dict, data_path, init=None, resume_dir=None, device="auto", log=
     o = spec["optim"]
     opt = torch.optim.SGD(params, lr=float(o["lr"]), momentum=float(o.get("momentum", 0.9)),
                           weight_decay=float(o.get("weight_decay", 0.0)), nesterov=bool(o.get("nesterov", False)))
+    if o.get("optimizer", "sgd") not in ("sgd", "lars"):
+        raise AdvssError(f"optim.optimizer must be sgd or lars, not {o['optimizer']!r}")
+    if o.get("optimizer") == "lars":  # the step's LARS (advss.step._lars), with SGD's momentum buffers
+        opt.param_groups[0]["lars_eta"] = float(o.get("lars_eta", 0.001))
     init_momentum(opt)
     objective = OBJECTIVES[obj["kind"]]
     threat_cfg = spec.get("threat")

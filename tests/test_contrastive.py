@@ -175,3 +175,29 @@ def test_validation_attacks_a_dual_bn_task_through_its_adversarial_bn(monkeypatc
     assert ev["clean"].shape == (8,) and ev["adv"].shape == (8,)
     assert True in routes and False in routes  # clean passes clean, attack and adversarial passes adversarial
     assert routes[:len(routes) // 3].count(True) == 0  # the clean pass comes first
+
+
+def test_lars_step_equals_acl_lars():
+    """The step's LARS against ACL's optimizer/lars.py algorithm written out per parameter."""
+    from advss.step import init_momentum, sgd_update
+
+    torch.manual_seed(0)
+    ref = [torch.randn(5, 3), torch.randn(7), torch.zeros(4)]  # a zero weight takes the local rate 1
+    mine = [p.clone().requires_grad_(True) for p in ref]
+    opt = torch.optim.SGD(mine, lr=5.0, momentum=0.9, weight_decay=1e-6)
+    opt.param_groups[0]["lars_eta"] = 0.001
+    init_momentum(opt)
+    bufs = [torch.zeros_like(p) for p in ref]
+    for step in range(3):
+        lr = 5.0 * (step + 1) / 3
+        grads = [torch.randn_like(p) for p in ref]
+        for p, g in zip(mine, grads):
+            p.grad = g.clone()
+        sgd_update(opt, torch.tensor(lr))
+        for i, (p, g) in enumerate(zip(ref, grads)):
+            wn, gn = p.norm(), g.norm()
+            local = 1.0 if wn < 1e-15 or gn < 1e-15 else 0.001 * wn / (gn + 1e-6 * wn)
+            bufs[i] = 0.9 * bufs[i] + lr * local * (g + 1e-6 * p)
+            ref[i] = p - bufs[i]
+        for p, q in zip(ref, mine):
+            torch.testing.assert_close(q.detach(), p, rtol=1e-5, atol=1e-7)

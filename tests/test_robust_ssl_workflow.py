@@ -43,7 +43,7 @@ def test_robust_ssl_config_lists_the_successors_jobs(tmp_path):
     for s in contrastive:
         assert s["model"]["arch"] == "resnet18" and s["batch_size"] == 512 and s["epochs"] == 1000
         assert s["threat"]["train_steps"] == 5 and s["pretext"]["contrastive"]["temperature"] == 0.5
-        assert s["augment"] is False
+        assert s["augment"] is False and s["optim"]["optimizer"] == "lars" and s["optim"]["lr"] == 5.0
     kinds = sorted((s["objective"]["kind"], s["pretext"]["contrastive"].get("dual_bn", False),
                     s["pretext"]["contrastive"].get("schedule", "constant")) for s in contrastive)
     assert kinds == [("acl", True, "constant"), ("acl", True, "dynacl"), ("standard", False, "constant")]
