@@ -132,7 +132,7 @@ def sgd_update(opt: torch.optim.SGD, lr: torch.Tensor):
 
 
 def _lars(opt, ps, grads, d, lr, eta, wd, mom):
-    """LARS (You et al. 2017) as ACL's and DynACL's optimizer/lars.py computes it, for every
+    """LARS (You et al. 2017) as ACL's reference code (optimizer/lars.py) computes it, for every
     parameter: local lr η·‖w‖ / (‖g‖ + wd·‖w‖) (1 where either norm is below 1e-15),
     buf = m·buf + lr·local·(g + wd·w), w −= buf (the learning rate inside the momentum).
     Norms and the local rate stay on the device (no host sync)."""
