@@ -276,4 +276,6 @@ def pretrain_runtime(wildcards, attempt):
     """Minutes for a pretraining job: Table 5's ensembles take their own (ensemble_inputs.smk)."""
     if P.pretrain_kind(wildcards.pt) == "ensemble":
         return ensemble_runtime(wildcards, attempt)
+    if P.pretrain_kind(wildcards.pt) == "contrastive":
+        return contrastive_runtime(wildcards, attempt)
     return train_runtime(wildcards, attempt)

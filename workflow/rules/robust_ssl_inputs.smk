@@ -24,6 +24,14 @@ def contrastive_pretrain_spec(wildcards):
     })
 
 
+def contrastive_runtime(wildcards, attempt):
+    """Minutes for a SLURM time limit: two views through PGD-k and two losses per image, an
+    estimate of ~1 min/epoch for a ResNet-18 at batch 512 on one GPU (3 for a ResNet-50),
+    over the section's epochs, grown with each retry (the job resumes)."""
+    per_epoch = {"resnet18": 1.0, "resnet50": 3.0}.get(config["model"]["arch"], 0.2)
+    return int(30 + per_epoch * RSSL["epochs"] * attempt)
+
+
 def robust_ssl_finetune(spec, ft):
     """A contrastive model's fine-tuning: the finetune section's, with `robust_ssl.modes.<F>`
     over it (epochs, batch, optimiser: RobustSSL_Benchmark's own SLF/ALF settings)."""
