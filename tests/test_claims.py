@@ -133,7 +133,7 @@ def test_paired_interval_is_bonett_price():
     assert -0.005 < lo < 0 < hi < 0.005
 
 
-def _paired_coverage(n, reps=4000, seed=0):
+def _paired_coverage(n, reps=8000, seed=0):
     """Coverage of paired_interval for each (true difference, accuracy of B, share of images
     only B hits) of the grid, from `reps` multinomial test sets of n images each."""
     rng = np.random.default_rng(seed)
