@@ -250,7 +250,7 @@ def passes_per_image(spec: dict) -> float:
         per = 1
     elif kind == "adversarial":
         per = k + (2 if obj.get("mix", "adv") == "clean+adv" else 1)
-    elif kind == "trades":
+    elif kind in ("trades", "acl"):  # acl: PGD-K, then the clean and the adversarial NT-Xent
         per = k + 2
     else:
         return float("nan")

@@ -201,3 +201,11 @@ def test_lars_step_equals_acl_lars():
             ref[i] = p - bufs[i]
         for p, q in zip(ref, mine):
             torch.testing.assert_close(q.detach(), p, rtol=1e-5, atol=1e-7)
+
+
+def test_budget_rule_counts_both_views():
+    from advss import protocol as P
+
+    threat = {"train_steps": 5}
+    assert P.passes_per_image({"task": "contrastive", "objective": {"kind": "standard"}, "threat": threat}) == 2
+    assert P.passes_per_image({"task": "contrastive", "objective": {"kind": "acl"}, "threat": threat}) == 14
