@@ -237,8 +237,9 @@ def passes_per_image(spec: dict) -> float:
     and Gaussian-noise smoothing 1; Madry AT (F2, F4) K + 1 (the attack, then the update on
     the adversarial loss); P3's mean of clean and adversarial losses K + 2 (the clean loss
     adds a pass); TRADES K + 2 (its KL attack, then CE(clean) + β·KL through both inputs;
-    the gradient-free clean forward is not counted). The rotation-auxiliary baseline trains
-    on two views of each image (×2). A partial fine-tuning's update is counted as a whole
+    the gradient-free clean forward is not counted); ACL/DynACL K + 2 (PGD on NT-Xent, then
+    the clean and the adversarial NT-Xent). The rotation-auxiliary baseline and the
+    contrastive task train on two views of each image (×2). A partial fine-tuning's update is counted as a whole
     pass, though its backward could stop at the trained part (the attack's cannot).
     Validation and test evaluation are not counted. NaN
     for the ensemble objective (three inputs and a double backward: not on this scale).
@@ -254,7 +255,7 @@ def passes_per_image(spec: dict) -> float:
         per = k + 2
     else:
         return float("nan")
-    return float(per * (2 if spec.get("task") == "rotaux" else 1))
+    return float(per * (2 if spec.get("task") in ("rotaux", "contrastive") else 1))  # two views per image
 
 
 def pretrain_kind(pt: str) -> str:
