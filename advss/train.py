@@ -377,6 +377,15 @@ def step_path(job: Job) -> str:
     return "eager (ended during warm-up)" if mode == "warm-up" else mode
 
 
+def path_fields(meta: dict) -> dict:
+    """What a training job really ran, from its meta.json (gpucheck and the benchmark report
+    it per row); `path_ok` is False when CUDA graphs (or their CPU stand-in) were asked for
+    and the step did not end up captured."""
+    asked = meta["fast_requested"]["graphs"]
+    return {"graphs_requested": asked, "step_path": meta["step_path"], "replay_check": meta["replay_check"],
+            "compile": meta["fast"]["compile"], "path_ok": asked == "off" or meta["step_path"] == "captured"}
+
+
 def _sync(dev):
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
