@@ -326,7 +326,8 @@ def test_two_seed_workflow_makes_tables_claims_and_report(tmp_path):
     # Table 3 claims (and the matched baseline's) × tasks, every-task row, ensemble, Table 4 columns
     assert len(claims) == 4 * 2 + 1 + 1 + 2
     assert (claims["n_seeds"] == 2).all() and claims["ci95_lo"].notna().all()
-    assert set(claims["verdict"]) <= {C.HOLDS, C.FAILS, C.UNDECIDED}
+    # a two-epoch run's best epoch is often its last: its epoch claims are undecided, not decided
+    assert set(claims["verdict"]) <= {C.HOLDS, C.FAILS, C.UNDECIDED, f"{C.UNDECIDED} (not converged)"}
     report = (tmp_path / "report.html").read_text()
     for name in ("table3.html", "claims.html", "figure1.png", "Claims of the paper"):
         assert name in report, name
