@@ -20,7 +20,9 @@ the jobs run (`advss.train.train` with the config's fast settings, CIFAR ResNet-
   7. 1 vs 2 concurrent jobs on the GPU;
   8. the fp32/bf16 PGD-20 RA check on 512 images;
   9. standard-training epoch and test-evaluation throughput, then the config's GPU-hours
-     (training, per-epoch validation and test evaluation).
+     (training, per-epoch validation and test evaluation);
+ 10. ACL pretraining at `config/robust-ssl.yaml`'s settings (ResNet-18, batch 512, PGD-5,
+     LARS): its step path and s per 45k-image epoch.
 
 The full checks stay available for a longer run: `python -m advss.gpucheck` (every job
 kind) and `python -m advss.bench` (batch 128 and 512, 1/2/4 jobs).
@@ -65,6 +67,30 @@ def _concurrent(a, k, left):
             "per_job_img_s": [round(o["img_s"], 1) for o in outs]}
 
 
+def acl_row(path, fast, batches, work, device, arch=None, width=None):
+    """ACL pretraining as the workflow's `pretrain` rule specifies it from `path`'s
+    robust_ssl section (model, threat with the section's steps, batch, optimiser), for two
+    epochs of `batches` batches; s per 45k-image epoch from the second."""
+    import yaml
+
+    from advss import protocol as P
+
+    cfg = yaml.safe_load(Path(path).read_text())
+    rs = cfg["robust_ssl"]
+    model = {**cfg["model"], **({"arch": arch} if arch else {}), **({"width": width} if width else {})}
+    bs = int(rs["batch_size"])
+    spec = {"stage": "pretrain", "model": model, "seed": 0, "deterministic": False, "fast": fast, "epochs": 2,
+            "threat": {**cfg["threat"], "train_steps": rs.get("train_steps", cfg["threat"]["train_steps"])},
+            **P.contrastive_spec("acl", rs.get("contrastive", {})), "val_max": 256, "select_by": "last",
+            "batch_size": bs, "optim": {**rs["optim"], "warmup_steps": 0}}
+    data = bench._dataset(work, bs * batches + bs // 2)
+    r = gpucheck.run_train(spec, data, Path(work), "acl-pretrain")
+    r.pop("model")
+    if not r["path_ok"]:
+        raise RuntimeError(f"graphs {r['graphs_requested']} requested, but the step ran: {r['step_path']}")
+    return {**r, "batch": bs, "s_epoch_45k": round(r["s_per_batch"] * bench.EPOCH / bs, 2)}
+
+
 def main(argv=None):
     import torch
     import yaml
@@ -85,6 +111,8 @@ def main(argv=None):
     ap.add_argument("--check-steps", type=int, default=100, help="AT steps before the fp32/bf16 RA check")
     ap.add_argument("--eval-n", type=int, default=1000)
     ap.add_argument("--fast", default="{}", help="JSON overrides of the fast settings (forced on the CPU test)")
+    ap.add_argument("--acl-config", default="config/robust-ssl.yaml", help="the ACL row's settings (robust_ssl)")
+    ap.add_argument("--acl-batches", type=int, default=8)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--deadline", type=float, default=360.0, help="seconds: stop, with valid JSON, before this")
     ap.add_argument("--work")
@@ -160,6 +188,8 @@ def main(argv=None):
         if main_row and main_row["ok"] and st and st["ok"] and ev and ev["ok"]:
             row("protocol GPU-hours", lambda: bench.protocol_estimate(
                 cfg, {"at": main_row["s_epoch_45k"], "st": st["s_epoch_45k"]}, ev["img_s"]))
+        row("ACL pretraining (robust-ssl.yaml)", lambda: acl_row(a.acl_config, fast, a.acl_batches,
+                                                                 Path(a.work) / "acl", device, a.arch, a.width))
     except gpucheck.DeadlineReached:
         pass
     return gpucheck.summarise(record)

@@ -292,3 +292,19 @@ def test_gpucheck_fails_a_row_whose_graphs_fell_back(tmp_path, monkeypatch):
     (row,) = rec["rows"]
     assert not row["ok"] and not rec["all_ok"]
     assert "requested, but the step ran: fallback: capture failed: RuntimeError: boom" in row["error"]
+
+
+def test_quick_check_acl_row_runs_the_workflows_acl_spec_captured(tmp_path):
+    """The ACL row of the quick check: robust-ssl.yaml's ACL pretraining (its batch cut for a
+    CPU) through the one loop with the GPU settings forced: captured, timed, replay-checked."""
+    import yaml
+
+    from advss import gpuquick
+
+    cfg = yaml.safe_load((ROOT / "config" / "robust-ssl.yaml").read_text())
+    cfg["robust_ssl"]["batch_size"], cfg["robust_ssl"]["train_steps"] = 8, 1
+    path = tmp_path / "rssl.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = gpuquick.acl_row(path, FORCED, 4, tmp_path / "w", "cpu", arch="resnet-tiny", width=4)
+    assert r["step_path"] == "captured" and r["path_ok"] and r["recompiles"] == 0
+    assert r["batch"] == 8 and r["s_epoch_45k"] > 0 and r["replay_check"]["update_cosine"] > 0.99
