@@ -329,7 +329,7 @@ def run_epoch(job: Job, state: LoopState, stop: _Stop, bar: bool, on_epoch=None)
     eta = (seconds + time.time() - t_eval) * (epochs - epoch - 1)  # training + validation per epoch
     if bar:
         sys.stdout.write("\r\x1b[K")  # erase the bar before the permanent line
-    log(_epoch_line(row, epochs, eta) + (f"  {spb * 1000:.1f} ms/batch after warm-up" if spb else ""))
+    log(_epoch_line(row, epochs, eta, spb))
     if on_epoch:
         on_epoch(row)
     if job.resume_file:
@@ -414,13 +414,15 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def _epoch_line(row, epochs, eta):
+def _epoch_line(row, epochs, eta, spb=None):
     """One fixed-width line per epoch, starting with the wall-clock time, so that a
-    SLURM log file reads as a table (airbench's print_columns)."""
+    SLURM log file reads as a table (airbench's print_columns); `spb`: seconds per batch
+    after warm-up and capture (the step's steady speed), when any batch was steady."""
     ra = "  n/a" if row["val_ra"] == "" else f"{row['val_ra']:.3f}"
+    ms = f"{spb * 1000:7.1f} ms/batch" if spb else " " * 15
     return (f"{time.strftime('%H:%M:%S')}  epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:<9.4g} "
             f"loss {row['train_loss']:<8.4f} acc {row['train_acc']:.3f}  val TA {row['val_ta']:.3f}  val RA {ra}  "
-            f"{row['seconds']:6.1f}s  ETA {_hms(eta)}")
+            f"{row['seconds']:6.1f}s {ms}  ETA {_hms(eta)}")
 
 
 def _live_bar(epoch, epochs, done, steps, elapsed, width=30):

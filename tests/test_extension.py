@@ -150,6 +150,7 @@ CONTRASTIVE_FILES = {
     "pretext/__init__.py",     # its TASKS line
     "objectives.py",           # the acl objective and its OBJECTIVES line
     "protocol.py",             # its pretrained-model ids, spec keys, published figures
+    "gpuquick.py",             # the quick GPU check's ACL-pretraining row (issue 20's s/epoch)
     "report/successors.py",    # its table
     "claims.py",               # its claims row
     "gpucheck.py",             # its GPU-path kinds
