@@ -179,3 +179,15 @@ def test_figure1_has_the_matched_points_and_the_red_star(tmp_path, monkeypatch):
     assert [t.get_text().split(":")[0] for t in ax.get_legend().get_texts()] == list(pts.index)
     offsets = ax.collections[-1].get_offsets()  # the last scatter: the star at (RA, TA)
     assert tuple(offsets[0]) == (47.0, 83.0) and tuple(ax.collections[-1].get_facecolor()[0][:3]) == (1.0, 0.0, 0.0)
+
+
+def test_table3_lists_the_matched_rows_in_the_tasks_order():
+    """The spec reaches the builder as sorted JSON ({'jigsaw': …, 'rotation': …}); the rows
+    follow the tasks' order, as every other scenario's rows do."""
+    from advss.report.finetuning import table3_jobs
+
+    spec = {"scenarios": [["P1", "F4"], ["P3", "F4"]], "tasks": ["rotation", "jigsaw"],
+            "matched": {"jigsaw": "full-adv-ep20", "rotation": "full-adv-ep20"}}
+    assert [(r[0], r[1]) for r in table3_jobs(spec)] == [
+        ("(P1,F4)", "rotation"), ("(P1,F4)", "jigsaw"), ("(P1,F4), 20 epochs", "rotation"),
+        ("(P1,F4), 20 epochs", "jigsaw"), ("(P3,F4)", "rotation"), ("(P3,F4)", "jigsaw")]

@@ -16,7 +16,9 @@ def table3_jobs(spec: dict) -> list[tuple]:
     """(scenario label, task, src, ft) of every row: the scenarios, with the matched
     baseline of each task (spec["matched"]) after the (P1,F4) rows, or last."""
     rows = [(f"({p},{f})", t, P.source_id(t, p), P.finetune_id(f)) for p, f in spec["scenarios"] for t in spec["tasks"]]
-    matched = [(P.matched_label(ft), t, "scratch", ft) for t, ft in spec.get("matched", {}).items()]
+    # in the tasks' order, as the other rows (the spec's dict reaches here with sorted keys)
+    matched = [(P.matched_label(spec["matched"][t]), t, "scratch", spec["matched"][t])
+               for t in spec["tasks"] if t in spec.get("matched", {})]
     at = max((i + 1 for i, r in enumerate(rows) if r[0] == "(P1,F4)"), default=len(rows))
     return rows[:at] + matched + rows[at:]
 
