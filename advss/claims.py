@@ -342,7 +342,7 @@ def convergence(spec, c, verdict: str) -> tuple[str, str]:
     a, b = unconverged(spec, c.get("models_a", [])), unconverged(spec, c.get("models_b", []))
     if not (a or b):
         return verdict, ""
-    note = "not converged (" + "; ".join(a + b) + ")"
+    note = "not converged (" + "; ".join(dict.fromkeys(a + b)) + ")"  # a model on both sides is named once
     if not c.get("censored"):
         return verdict, note + ": more epochs could change the difference"
     voids = {HOLDS: a, FAILS: b} if c["relation"] == "<" else {HOLDS: b, FAILS: a}
