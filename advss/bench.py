@@ -211,16 +211,24 @@ def eval_speed(cfg, fast, work, n, device="auto"):
     return n / (time.perf_counter() - t)
 
 
-def concurrent(k, args, work):
-    """Total images/s of k training jobs (PGD-10 AT at the first batch size) sharing one GPU."""
+def concurrent(k, args, work, bs=None, timeout=None):
+    """Total images/s of k training jobs (PGD-10 AT at batch `bs`, default the first batch
+    size) sharing one GPU, each its own process; `timeout()` gives the seconds left (the
+    quick check's deadline), after which the children are killed."""
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "advss.bench", "--child", "--arch", args.arch, "--width", str(args.width),
-           "--config", args.config, "--batches", str(args.batches), "--batch-sizes", str(args.batch_sizes[0]),
-           "--fast", args.fast, "--work", str(work)]
+    cmd = [sys.executable, "-m", "advss.bench", "--child", "--config", args.config, "--batches", str(args.batches),
+           "--batch-sizes", str(bs or args.batch_sizes[0]), "--fast", args.fast, "--work", str(work)]
+    cmd += (["--arch", args.arch] if args.arch else []) + (["--width", str(args.width)] if args.width else [])
     procs = [subprocess.Popen(cmd + ["--child-id", str(i)], stdout=subprocess.PIPE, text=True) for i in range(k)]
-    outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    try:
+        outs = [json.loads(p.communicate(timeout=timeout and max(1.0, timeout()))[0].strip().splitlines()[-1])
+                for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
     return {"jobs": k, "total_img_s": round(sum(o["img_s"] for o in outs), 1),
             "per_job_img_s": [round(o["img_s"], 1) for o in outs]}
 

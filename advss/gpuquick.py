@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,22 +47,6 @@ def _bench_row(cfg, fast, variant, mode, bs, batches, work, device):
         raise RuntimeError(f"graphs {r['graphs_requested']} requested, but the step ran: {r['step_path']}")
     return {**{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}, "variant": variant,
             "batch": bs, "mode": mode}
-
-
-def _concurrent(a, k, left):
-    """Total images/s of k AT jobs (batch 128) sharing the GPU, each its own process."""
-    cmd = [sys.executable, "-m", "advss.bench", "--child", "--config", a.config, "--batches", str(a.batches),
-           "--batch-sizes", "128", "--fast", a.fast, "--work", str(Path(a.work) / f"conc{k}")]
-    cmd += (["--arch", a.arch] if a.arch else []) + (["--width", str(a.width)] if a.width else [])
-    procs = [subprocess.Popen(cmd + ["--child-id", str(i)], stdout=subprocess.PIPE, text=True) for i in range(k)]
-    try:
-        outs = [json.loads(p.communicate(timeout=max(1.0, left()))[0].strip().splitlines()[-1]) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    return {"jobs": k, "total_img_s": round(sum(o["img_s"] for o in outs), 1),
-            "per_job_img_s": [round(o["img_s"], 1) for o in outs]}
 
 
 def acl_row(path, fast, batches, work, device, arch=None, width=None):
@@ -179,7 +161,8 @@ def main(argv=None):
         bench_row("graphs off, compile off")
         checker.run(record, ["evaluate", "autoattack"])
         if dev.type == "cuda":
-            row("concurrent AT-128 jobs: 1 vs 2", lambda: {"runs": [_concurrent(a, k, record.left) for k in (1, 2)]})
+            row("concurrent AT-128 jobs: 1 vs 2", lambda: {"runs": [
+                bench.concurrent(k, a, Path(a.work) / f"conc{k}", bs=128, timeout=record.left) for k in (1, 2)]})
         row(f"fp32/bf16 PGD-20 RA check ({a.check_n} images)",
             lambda: bench.numerical_check(cfg["model"], x_u8, y, dev, min(a.check_n, len(y)), a.check_steps, 256))
         st = bench_row("graphs+compile", "st")
