@@ -184,10 +184,9 @@ class _Snapshot:
         self.cuda_rng = torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None
 
     @torch.no_grad()
-    def restore(self, tensors=True):
-        if tensors:
-            for t, s in zip(self.tensors, self.saved):
-                t.detach().copy_(s)
+    def restore(self):
+        for t, s in zip(self.tensors, self.saved):
+            t.detach().copy_(s)
         self.restore_rng()
 
     def restore_rng(self):
@@ -374,21 +373,21 @@ class StepRunner:
         s.wait_stream(torch.cuda.current_stream(self.dev))
         guard = self.calls > 1  # the first step compiles, and inductor's autotuning synchronises
         snap = _Snapshot(self._tensors(), gen, self.dev) if guard else None
-        prev = torch.cuda.get_sync_debug_mode()
+        prev, err = torch.cuda.get_sync_debug_mode(), None
         try:
             with torch.cuda.stream(s):
                 if guard:
                     torch.cuda.set_sync_debug_mode("error")
                 out = self.step(si, st, self.draws.start(gen), self.lr)
         except RuntimeError as e:
-            torch.cuda.set_sync_debug_mode(prev)
-            torch.cuda.current_stream(self.dev).wait_stream(s)
             if not guard:
                 raise
-            return self._fallback(f"host sync in the step ({describe(e)})", snap, si, st)
+            err = e
         finally:
             torch.cuda.set_sync_debug_mode(prev)
-        torch.cuda.current_stream(self.dev).wait_stream(s)
+            torch.cuda.current_stream(self.dev).wait_stream(s)
+        if err is not None:
+            return self._fallback(f"host sync in the step ({describe(err)})", snap, si, st)
         return out
 
     def _capture_and_check(self, si, st, gen):
@@ -416,18 +415,20 @@ class StepRunner:
         """Run the replayed batch once more eagerly from the same snapshot and compare."""
         params = self._params()
         before = {id(t): s for t, s in zip(snap.tensors, snap.saved)}
+        def update():  # every parameter's change since the snapshot, as one float64 vector
+            return torch.cat([(p.detach() - before[id(p)]).double().flatten() for p in params]
+                             + [torch.zeros(0, dtype=torch.float64, device=self.dev)])
+
         with torch.no_grad():
             g_loss = self.out[0].detach().double().sum()  # the step's scalar loss
-            g_delta = [(p.detach() - before[id(p)]).double().flatten() for p in params]
+            g_delta = update()
         snap.restore()
         out = self.step(si, st, Draws().start(snap.gen), self.lr)
         with torch.no_grad():
             e_loss = out[0].detach().double().sum()
-            e_delta = [(p.detach() - before[id(p)]).double().flatten() for p in params]
-            dot = sum((a * b).sum() for a, b in zip(g_delta, e_delta)) if params else torch.zeros((), dtype=torch.float64)
-            ng = sum((a * a).sum() for a in g_delta) ** 0.5 if params else torch.zeros((), dtype=torch.float64)
-            ne = sum((b * b).sum() for b in e_delta) ** 0.5 if params else torch.zeros((), dtype=torch.float64)
-            cos = 1.0 if float(ng) == 0 and float(ne) == 0 else float(dot / (ng * ne).clamp_min(1e-300))
+            e_delta = update()
+            ng, ne = g_delta.norm(), e_delta.norm()
+            cos = 1.0 if float(ng) == 0 and float(ne) == 0 else float(g_delta @ e_delta / (ng * ne).clamp_min(1e-300))
             rel = float((g_loss - e_loss).abs() / e_loss.abs().clamp_min(1e-12))
         self.check = {"loss_graph": float(g_loss), "loss_eager": float(e_loss), "loss_rel_diff": rel,
                       "update_cosine": cos, "loss_rtol": REPLAY_LOSS_RTOL, "min_cosine": REPLAY_MIN_COSINE}
