@@ -307,7 +307,7 @@ def run_epoch(job: Job, state: LoopState, stop: _Stop, bar: bool, on_epoch=None)
     done = steps_per_epoch - steady[1] if steady else 0
     spb = round((time.time() - steady[0]) / done, 5) if done else None
     state.s_per_batch.append(spb)
-    if len(state.s_per_batch) == 1 or job.runner.mode != job.runner.logged_mode:
+    if job.runner.mode != job.runner.logged_mode:  # once per job (None at first), and when it changes
         job.runner.logged_mode = job.runner.mode
         log(f"training step path: {step_path(job)}")
     t_eval = time.time()
