@@ -14,12 +14,12 @@ rule prepare_pool:
         pool="results/{run}/data/pool-n{size}.pt",
     log:
         "results/{run}/logs/prepare_pool/n{size}.log",
-    params:
-        spec=pool_spec,
     wildcard_constraints:
         size=r"\d+",
     conda:
         "../../environment.yml"
+    params:
+        spec=pool_spec,
     message:
         "Building the pretraining pool of {wildcards.size} images"
     shell:

@@ -6,19 +6,33 @@
 # data.imagefolder (R-ImageNet), the dataset kind of this feature
 if config["data"]["name"] == "imagefolder":
     try:
-        validate_schema(config["data"].get("imagefolder", {}), "imagefolder.schema.yaml")
+        validate_schema(
+            config["data"].get("imagefolder", {}), "imagefolder.schema.yaml"
+        )
     except WorkflowError as e:
-        raise WorkflowError(f"invalid config ({_config_files()}), data.imagefolder: {e}") from None
+        raise WorkflowError(
+            f"invalid config ({_config_files()}), data.imagefolder: {e}"
+        ) from None
 
-ABL = config["ablations"] if validate_section("ablations", "ablations.schema.yaml") else {}
+ABL = (
+    config["ablations"]
+    if validate_section("ablations", "ablations.schema.yaml")
+    else {}
+)
 for _part in ("pool", "smoothing"):
     _extra = sorted(set(ABL.get(_part, {}).get("tasks", [])) - set(TASKS))
     if _extra:
-        raise WorkflowError(f"invalid config ({_config_files()}): ablations.{_part}.tasks {_extra} "
-                            f"are not in pretrain.tasks, which holds their batch sizes and optimisers")
-if ABL.get("pool", {}).get("source", "train") != "train" and not ABL["pool"].get("path"):
-    raise WorkflowError(f"invalid config ({_config_files()}): ablations.pool.source "
-                        f"{ABL['pool']['source']!r} needs ablations.pool.path")
+        raise WorkflowError(
+            f"invalid config ({_config_files()}): ablations.{_part}.tasks {_extra} "
+            f"are not in pretrain.tasks, which holds their batch sizes and optimisers"
+        )
+if ABL.get("pool", {}).get("source", "train") != "train" and not ABL["pool"].get(
+    "path"
+):
+    raise WorkflowError(
+        f"invalid config ({_config_files()}): ablations.pool.source "
+        f"{ABL['pool']['source']!r} needs ablations.pool.path"
+    )
 
 
 # ------------------------------------------------------------------ specs
@@ -34,7 +48,9 @@ def _wildcards(**kw):
 
 
 def pool_spec(wildcards=None):
-    return _dump({k: v for k, v in ABL["pool"].items() if k in ("source", "path", "seed")})
+    return _dump(
+        {k: v for k, v in ABL["pool"].items() if k in ("source", "path", "seed")}
+    )
 
 
 def ablation_pretrain_spec(wildcards):
@@ -43,12 +59,19 @@ def ablation_pretrain_spec(wildcards):
     task, kind = wildcards.pt.split("-", 1)
     if kind == "smooth":
         sc = ABL["smoothing"]
-        spec = json.loads(task_pretrain_spec(_wildcards(pt=f"{task}-std", seed=wildcards.seed)))
-        spec["objective"] = {"kind": "smoothing", "sigma": sc.get("sigma", 0.25)}  # Cohen et al. 2019
+        spec = json.loads(
+            task_pretrain_spec(_wildcards(pt=f"{task}-std", seed=wildcards.seed))
+        )
+        spec["objective"] = {
+            "kind": "smoothing",
+            "sigma": sc.get("sigma", 0.25),
+        }  # Cohen et al. 2019
         spec["epochs"] = sc.get("epochs") or spec["epochs"]
     else:
         pc = ABL["pool"]
-        spec = json.loads(task_pretrain_spec(_wildcards(pt=f"{task}-adv", seed=wildcards.seed)))
+        spec = json.loads(
+            task_pretrain_spec(_wildcards(pt=f"{task}-adv", seed=wildcards.seed))
+        )
         spec["pool"] = {**json.loads(pool_spec()), "size": int(kind.split("-n")[1])}
         spec["epochs"] = pc.get("epochs") or spec["epochs"]
     return _dump(spec)
@@ -70,16 +93,30 @@ def rotaux_spec(spec):
     """finetune_spec's F4 spec (common.smk) turned into the one-shot baseline's: AT with
     the rotation-auxiliary task, Madry's objective as Hendrycks et al."""
     bc = ABL.get("baseline", {})
-    return {**spec, "task": "rotaux", "pretext": {"rotaux": {"rot_weight": bc.get("rot_weight", 0.5)}},
-            "objective": {"kind": "adversarial", "mix": "adv"}, "epochs": bc.get("epochs") or spec["epochs"]}
+    return {
+        **spec,
+        "task": "rotaux",
+        "pretext": {"rotaux": {"rot_weight": bc.get("rot_weight", 0.5)}},
+        "objective": {"kind": "adversarial", "mix": "adv"},
+        "epochs": bc.get("epochs") or spec["epochs"],
+    }
 
 
 def ablation_report_spec(wildcards=None):
     spec = json.loads(report_spec())
-    spec.update(json.loads(json.dumps(ABL)))  # a copy: "compare" below must not change the config (its hash)
-    if "baseline" in ABL:  # (label, Table 3 key, source) of the rows beside the baseline
-        spec["baseline"]["compare"] = [["AT from scratch (P1,F4)", "P1F4", "scratch"]] + (
-            [["Rotation pretraining (P3,F4)", "P3F4", "rotation-adv"]] if "rotation" in TASKS else [])
+    spec.update(
+        json.loads(json.dumps(ABL))
+    )  # a copy: "compare" below must not change the config (its hash)
+    if (
+        "baseline" in ABL
+    ):  # (label, Table 3 key, source) of the rows beside the baseline
+        spec["baseline"]["compare"] = [
+            ["AT from scratch (P1,F4)", "P1F4", "scratch"]
+        ] + (
+            [["Rotation pretraining (P3,F4)", "P3F4", "rotation-adv"]]
+            if "rotation" in TASKS
+            else []
+        )
     return _dump(spec)
 
 
@@ -91,14 +128,20 @@ def table7_inputs(wildcards):
     pc = ABL["pool"]
     srcs = [f"{t}-adv-n{n}" for t in pc["tasks"] for n in pc["sizes"]]
     srcs += [f"{t}-adv" for t in pc["tasks"]] if pc.get("include_full", True) else []
-    return _ablation_results([(s, P.finetune_id(f)) for s in srcs for f in pc["finetune"]])
+    return _ablation_results(
+        [(s, P.finetune_id(f)) for s in srcs for f in pc["finetune"]]
+    )
 
 
 def table8_inputs(wildcards):
     sc = ABL["smoothing"]
-    return _ablation_results([(f"{t}-smooth", P.finetune_id(f)) for t in sc["tasks"] for f in sc["finetune"]])
+    return _ablation_results(
+        [(f"{t}-smooth", P.finetune_id(f)) for t in sc["tasks"] for f in sc["finetune"]]
+    )
 
 
 def table_rotaux_inputs(wildcards):
     compare = json.loads(ablation_report_spec())["baseline"]["compare"]
-    return _ablation_results([("scratch", P.BASELINE_FT)] + [(src, "full-adv") for _, _, src in compare])
+    return _ablation_results(
+        [("scratch", P.BASELINE_FT)] + [(src, "full-adv") for _, _, src in compare]
+    )

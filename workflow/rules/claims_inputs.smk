@@ -8,11 +8,15 @@ def claims_inputs(wildcards):
     With one seed the claims are decided by McNemar tests on per-example results, so the
     per-example files they read are inputs too: each fine-tune's eval/pgd.npz, the
     all-task ensemble's npz (Table 6) and the transfer npz files (Table 4)."""
-    inputs = table3_inputs(wildcards) + [f"results/{RUN}/tables/{t}.csv" for t in ("table4", "table6") if t in TABLES]
+    inputs = table3_inputs(wildcards) + [
+        f"results/{RUN}/tables/{t}.csv" for t in ("table4", "table6") if t in TABLES
+    ]
     if len(SEEDS) == 1:
         inputs += finetune_results("eval/pgd.npz")
         if "table6" in TABLES:
-            inputs += [f"results/{RUN}/ensembles/{'+'.join(sorted(TASKS))}/seed{SEEDS[0]}.npz"]
+            inputs += [
+                f"results/{RUN}/ensembles/{'+'.join(sorted(TASKS))}/seed{SEEDS[0]}.npz"
+            ]
         if "table4" in TABLES:
             inputs += transfer_results(wildcards)
     return inputs + successor_claim_inputs()

@@ -19,11 +19,15 @@ WORKFLOW_DIR = Path(workflow.current_basedir).parent
 # directory that every job of this workflow reuses: compilation is paid once per machine
 # and software version, not once per job. Jobs inherit the variable (sbatch exports the
 # submitting environment); set it yourself to share a cache between checkouts.
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(".cache/torch-compile").resolve()))
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR", str(Path(".cache/torch-compile").resolve())
+)
 
 
 def _config_files():
-    files = [str(f) for f in (workflow.overwrite_configfiles or workflow.configfiles or [])]
+    files = [
+        str(f) for f in (workflow.overwrite_configfiles or workflow.configfiles or [])
+    ]
     return ", ".join(files) or "the config"
 
 
@@ -39,9 +43,13 @@ def check_config(cfg):
     problems = []
     t = cfg["threat"]
     if _fraction(t["step"]) > _fraction(t["eps"]):
-        problems.append(f"threat.step ({t['step']}) is larger than threat.eps ({t['eps']})")
+        problems.append(
+            f"threat.step ({t['step']}) is larger than threat.eps ({t['eps']})"
+        )
     tasks = cfg["pretrain"]["tasks"]
-    for key in ("batch_size", "optim") + (("epochs",) if isinstance(cfg["pretrain"]["epochs"], dict) else ()):
+    for key in ("batch_size", "optim") + (
+        ("epochs",) if isinstance(cfg["pretrain"]["epochs"], dict) else ()
+    ):
         missing = [x for x in tasks if x not in cfg["pretrain"][key]]
         if missing:
             problems.append(f"pretrain.{key} has no entry for task(s) {missing}")
@@ -54,7 +62,10 @@ def check_config(cfg):
             read_class_map(cfg["data"].get("imagefolder", {}).get("class_map", ""))
         except ValueError as e:
             problems.append(f"data.imagefolder.class_map: {e}")
-    if cfg["data"]["name"] == "procedural" and cfg["data"].get("procedural", {}).get("n_per_class", 0) < 1:
+    if (
+        cfg["data"]["name"] == "procedural"
+        and cfg["data"].get("procedural", {}).get("n_per_class", 0) < 1
+    ):
         problems.append("data.procedural.n_per_class must be at least 1")
     for opt_key, o in [("finetune.optim", cfg["finetune"]["optim"])] + [
         (f"pretrain.optim.{k}", v) for k, v in cfg["pretrain"]["optim"].items()
@@ -62,16 +73,25 @@ def check_config(cfg):
         if o["schedule"] == "step" and not o.get("milestones"):
             problems.append(f"{opt_key}: schedule 'step' needs milestones")
     sel = cfg["pretext"].get("selfie", {})
-    if "selfie" in tasks and sel.get("d_model") and sel["d_model"] % sel.get("heads", 1):
-        problems.append("pretext.selfie.d_model must be divisible by pretext.selfie.heads")
+    if (
+        "selfie" in tasks
+        and sel.get("d_model")
+        and sel["d_model"] % sel.get("heads", 1)
+    ):
+        problems.append(
+            "pretext.selfie.d_model must be divisible by pretext.selfie.heads"
+        )
     if problems:
-        raise WorkflowError(f"invalid config ({_config_files()}):\n  - " + "\n  - ".join(problems))
+        raise WorkflowError(
+            f"invalid config ({_config_files()}):\n  - " + "\n  - ".join(problems)
+        )
 
 
 def validate_schema(data, schema):
     """Snakemake's validate (defaults filled in) against workflow/schemas/<schema>, with the
     schema's task enum ($defs/task) set to P.TASKS: the task names are written once, in
-    advss/protocol.py. The derived schema is written to a temporary file for validate()."""
+    advss/protocol.py. The derived schema is written to a temporary file for validate().
+    """
     import yaml
 
     doc = yaml.safe_load(Path(WORKFLOW_DIR, "schemas", schema).read_text())
@@ -91,7 +111,9 @@ def validate_section(key, schema):
     try:
         validate_schema(config[key], schema)
     except WorkflowError as e:
-        raise WorkflowError(f"invalid config ({_config_files()}), section {key!r}: {e}") from None
+        raise WorkflowError(
+            f"invalid config ({_config_files()}), section {key!r}: {e}"
+        ) from None
     return True
 
 
@@ -105,9 +127,13 @@ RUN = config["run"]
 SEEDS = config["seeds"]
 TASKS = config["pretrain"]["tasks"]
 SCENARIOS = [tuple(s) for s in config["finetune"]["scenarios"]]
-MATCHED = P.matched_baselines(config)  # {task: 'full-adv-ep<N>'}: the compute-matched (P1,F4), one job per budget
+MATCHED = P.matched_baselines(
+    config
+)  # {task: 'full-adv-ep<N>'}: the compute-matched (P1,F4), one job per budget
 MATCHED_JOBS = list(dict.fromkeys(("scratch", ft) for ft in MATCHED.values()))
-FT_JOBS = P.scenario_jobs(SCENARIOS, TASKS) + MATCHED_JOBS  # unique (src, ft); P1 shared by tasks
+FT_JOBS = (
+    P.scenario_jobs(SCENARIOS, TASKS) + MATCHED_JOBS
+)  # unique (src, ft); P1 shared by tasks
 PT_JOBS = P.pretrain_jobs(SCENARIOS, TASKS)
 DATA = f"results/{RUN}/data/dataset.pt"
 
@@ -133,7 +159,8 @@ def data_spec(wildcards=None):
 
 def pretrain_spec(wildcards):
     """The spec of any pretrained-model id: one task's P2/P3 here, Table 5's ensembles
-    (ensemble_inputs.smk) or the ablations' pool and smoothing runs (ablations_inputs.smk)."""
+    (ensemble_inputs.smk) or the ablations' pool and smoothing runs (ablations_inputs.smk).
+    """
     kind = P.pretrain_kind(wildcards.pt)
     if kind == "ensemble":
         return ensemble_pretrain_spec(wildcards)
@@ -149,19 +176,25 @@ def task_pretrain_spec(wildcards):
     task, mode = P.parse_pt(wildcards.pt)
     adv = mode == "adv"
     pc = config["pretrain"]
-    return _dump({
-        **_common_spec(wildcards.seed),
-        "task": task,
-        "pretext": {task: config["pretext"].get(task, {})},
-        "objective": {"kind": "adversarial", "mix": pc.get("adv_mix", "clean+adv")} if adv else {"kind": "standard"},
-        "eval_ra": adv,
-        "select_by": "last",
-        "epochs": P.pretrain_epochs(pc, task),
-        "batch_size": pc["batch_size"][task],
-        "augment": pc.get("augment", True),
-        "optim": pc["optim"][task],
-        "revision": {k: P.REVISION[k] for k in ("pgd", "train", task)},
-    })
+    return _dump(
+        {
+            **_common_spec(wildcards.seed),
+            "task": task,
+            "pretext": {task: config["pretext"].get(task, {})},
+            "objective": (
+                {"kind": "adversarial", "mix": pc.get("adv_mix", "clean+adv")}
+                if adv
+                else {"kind": "standard"}
+            ),
+            "eval_ra": adv,
+            "select_by": "last",
+            "epochs": P.pretrain_epochs(pc, task),
+            "batch_size": pc["batch_size"][task],
+            "augment": pc.get("augment", True),
+            "optim": pc["optim"][task],
+            "revision": {k: P.REVISION[k] for k in ("pgd", "train", task)},
+        }
+    )
 
 
 def finetune_spec(wildcards):
@@ -187,49 +220,71 @@ def finetune_spec(wildcards):
         "val_max": fc.get("val_max"),
         "revision": {k: P.REVISION[k] for k in ("pgd", "train")},
     }
-    if partial and fc.get("partial_trains", "untransferred") != "untransferred":  # the default stays out: same hash
+    if (
+        partial and fc.get("partial_trains", "untransferred") != "untransferred"
+    ):  # the default stays out: same hash
         spec["partial_trains"] = fc["partial_trains"]
-    if wildcards.ft == P.BASELINE_FT:  # the one-shot AT + rotation baseline (rotaux_spec, rules/ablations_inputs.smk)
+    if (
+        wildcards.ft == P.BASELINE_FT
+    ):  # the one-shot AT + rotation baseline (rotaux_spec, rules/ablations_inputs.smk)
         spec = rotaux_spec(spec)
     epochs = P.ft_epochs(wildcards.ft)
-    if epochs:  # '<ft>-ep<N>' (the matched baseline): N epochs, the schedule's milestones scaled
-        spec.update(epochs=epochs, optim=P.scaled_optim(fc["optim"], epochs, fc["epochs"]))
-    if wildcards.src in P.CONTRASTIVE:  # the successors' own settings per mode (robust_ssl_inputs.smk)
+    if (
+        epochs
+    ):  # '<ft>-ep<N>' (the matched baseline): N epochs, the schedule's milestones scaled
+        spec.update(
+            epochs=epochs, optim=P.scaled_optim(fc["optim"], epochs, fc["epochs"])
+        )
+    if (
+        wildcards.src in P.CONTRASTIVE
+    ):  # the successors' own settings per mode (robust_ssl_inputs.smk)
         spec = robust_ssl_finetune(spec, wildcards.ft)
     return _dump(spec)
 
 
 def evaluate_spec(wildcards):
     ev = config["evaluate"]
-    return _dump({
-        **_common_spec(wildcards.seed),
-        "n_examples": ev.get("n_examples"),
-        "batch_size": ev.get("batch_size", 256),
-        "revision": {k: P.REVISION[k] for k in ("pgd", "evaluate")},
-    })
+    return _dump(
+        {
+            **_common_spec(wildcards.seed),
+            "n_examples": ev.get("n_examples"),
+            "batch_size": ev.get("batch_size", 256),
+            "revision": {k: P.REVISION[k] for k in ("pgd", "evaluate")},
+        }
+    )
 
 
 def report_spec(wildcards=None):
-    return _dump({
-        "run": RUN,
-        "run_dir": f"results/{RUN}",
-        "tasks": TASKS,
-        "scenarios": [list(s) for s in SCENARIOS],
-        "seeds": SEEDS,
-        "eval_steps": config["threat"]["eval_steps"],
-        "config_hash": P.spec_hash(config),
-        "extra_points": FIGURE1_EXTRA,
-        "matched": MATCHED,
-        "ensemble_star": FIGURE1_STAR,
-        "autoattack_n": ((config.get("robustness") or {}).get("autoattack") or {}).get("n_examples"),
-        **({"robust_ssl_methods": RSSL["methods"]} if RSSL else {}),  # the successors' claim (robust_ssl_inputs.smk)
-    })
+    return _dump(
+        {
+            "run": RUN,
+            "run_dir": f"results/{RUN}",
+            "tasks": TASKS,
+            "scenarios": [list(s) for s in SCENARIOS],
+            "seeds": SEEDS,
+            "eval_steps": config["threat"]["eval_steps"],
+            "config_hash": P.spec_hash(config),
+            "extra_points": FIGURE1_EXTRA,
+            "matched": MATCHED,
+            "ensemble_star": FIGURE1_STAR,
+            "autoattack_n": (
+                (config.get("robustness") or {}).get("autoattack") or {}
+            ).get("n_examples"),
+            **(
+                {"robust_ssl_methods": RSSL["methods"]} if RSSL else {}
+            ),  # the successors' claim (robust_ssl_inputs.smk)
+        }
+    )
 
 
 # ------------------------------------------------------------------ inputs
 def pretrain_data(wildcards):
     """The images a pretraining reads: the run's dataset, or a Table 7 pool (ablations_inputs.smk)."""
-    return ablation_data(wildcards) if P.pretrain_kind(wildcards.pt) == "ablation" else DATA
+    return (
+        ablation_data(wildcards)
+        if P.pretrain_kind(wildcards.pt) == "ablation"
+        else DATA
+    )
 
 
 def finetune_init(wildcards):
@@ -252,12 +307,28 @@ def finetune_results(name, jobs=None):
 
 
 # Figure 1's "Ensemble pretrain" point: AP+DPE fine-tuned with F4, when the ensemble feature is on.
-FIGURE1_EXTRA = [[f"Ensemble pretrain: {P.ENSEMBLE_DPE[s][1]}", P.ensemble_dpe_id(s)]  # the +1 model where trained
-                 for s in P.ensemble_signs(config["ensemble"])[:1]] if config.get("ensemble") else []
+FIGURE1_EXTRA = (
+    [
+        [
+            f"Ensemble pretrain: {P.ENSEMBLE_DPE[s][1]}",
+            P.ensemble_dpe_id(s),
+        ]  # the +1 model where trained
+        for s in P.ensemble_signs(config["ensemble"])[:1]
+    ]
+    if config.get("ensemble")
+    else []
+)
 # Figure 1's red star: the ensemble of the fine-tuned (P3,F4) models of every task (Table 6's
 # last row), when the transfer feature builds it with the (P3,F4) models.
-FIGURE1_STAR = ("+".join(sorted(TASKS)) if (config.get("transfer") and len(TASKS) >= 2
-                and list(config["transfer"].get("scenario", ["P3", "F4"])) == ["P3", "F4"]) else None)
+FIGURE1_STAR = (
+    "+".join(sorted(TASKS))
+    if (
+        config.get("transfer")
+        and len(TASKS) >= 2
+        and list(config["transfer"].get("scenario", ["P3", "F4"])) == ["P3", "F4"]
+    )
+    else None
+)
 
 
 # ------------------------------------------------------------------ resources

@@ -2,15 +2,19 @@
 rule prepare_data:
     input:
         # an edited class map rebuilds the dataset (and so everything trained on it)
-        class_map=[config["data"]["imagefolder"]["class_map"]] if config["data"]["name"] == "imagefolder" else [],
+        class_map=(
+            [config["data"]["imagefolder"]["class_map"]]
+            if config["data"]["name"] == "imagefolder"
+            else []
+        ),
     output:
         data=f"results/{RUN}/data/dataset.pt",
     log:
         f"results/{RUN}/logs/prepare_data.log",
-    params:
-        spec=data_spec,
     conda:
         "../../environment.yml"
+    params:
+        spec=data_spec,
     message:
         f"Preparing the {RUN} dataset"
     shell:

@@ -6,8 +6,12 @@
 ENS = config["ensemble"] if validate_section("ensemble", "ensemble.schema.yaml") else {}
 if ENS:
     ENS.setdefault("members", list(P.TASKS))  # the schema's default: every pretext task
-ENS_SIGNS = P.ensemble_signs(ENS) if ENS else []  # AP+DPE's signs of α·g, one pretraining each
-ENS_VARIANT_SIGN = {variant: s for s, (variant, _) in P.ENSEMBLE_DPE.items()}  # "dpe": +1, "dpe-neg": -1
+ENS_SIGNS = (
+    P.ensemble_signs(ENS) if ENS else []
+)  # AP+DPE's signs of α·g, one pretraining each
+ENS_VARIANT_SIGN = {
+    variant: s for s, (variant, _) in P.ENSEMBLE_DPE.items()
+}  # "dpe": +1, "dpe-neg": -1
 
 
 def ensemble_pretrain_spec(wildcards):
@@ -16,24 +20,39 @@ def ensemble_pretrain_spec(wildcards):
     (pt 'ensemble-dpe' or 'ensemble-dpe-neg') sets AP+DPE's sign."""
     members = ENS["members"]
     variant = wildcards.pt.removeprefix("ensemble-")
-    objective = {"kind": "ensemble", "alpha": 0.0, "mix": config["pretrain"].get("adv_mix", "clean+adv")}
+    objective = {
+        "kind": "ensemble",
+        "alpha": 0.0,
+        "mix": config["pretrain"].get("adv_mix", "clean+adv"),
+    }
     revision = {k: P.REVISION[k] for k in ("pgd", "train", *members)}
-    if variant != "se":  # AP+SE (α = 0) is the plain adversarial objective: no `ensemble` revision
-        objective.update(alpha=ENS["alpha"], sign=ENS_VARIANT_SIGN[variant], ridge=ENS["ridge"])
+    if (
+        variant != "se"
+    ):  # AP+SE (α = 0) is the plain adversarial objective: no `ensemble` revision
+        objective.update(
+            alpha=ENS["alpha"], sign=ENS_VARIANT_SIGN[variant], ridge=ENS["ridge"]
+        )
         revision["ensemble"] = P.REVISION["ensemble"]
-    return _dump({
-        **_common_spec(wildcards.seed),
-        "task": "ensemble",
-        "pretext": {"ensemble": {"members": members, "pretext": {t: config["pretext"].get(t, {}) for t in members}}},
-        "objective": objective,
-        "eval_ra": True,
-        "select_by": "last",
-        "epochs": ENS["epochs"],
-        "batch_size": ENS["batch_size"],
-        "augment": config["pretrain"].get("augment", True),
-        "optim": ENS["optim"],
-        "revision": revision,
-    })
+    return _dump(
+        {
+            **_common_spec(wildcards.seed),
+            "task": "ensemble",
+            "pretext": {
+                "ensemble": {
+                    "members": members,
+                    "pretext": {t: config["pretext"].get(t, {}) for t in members},
+                }
+            },
+            "objective": objective,
+            "eval_ra": True,
+            "select_by": "last",
+            "epochs": ENS["epochs"],
+            "batch_size": ENS["batch_size"],
+            "augment": config["pretrain"].get("augment", True),
+            "optim": ENS["optim"],
+            "revision": revision,
+        }
+    )
 
 
 def ensemble_runtime(wildcards, attempt):
@@ -43,12 +62,26 @@ def ensemble_runtime(wildcards, attempt):
 
 
 def table5_inputs(wildcards):
-    srcs = [P.pretrain_id(t, "P3") for t in TASKS] + ["ensemble-se"] + [P.ensemble_dpe_id(s) for s in ENS_SIGNS]
+    srcs = (
+        [P.pretrain_id(t, "P3") for t in TASKS]
+        + ["ensemble-se"]
+        + [P.ensemble_dpe_id(s) for s in ENS_SIGNS]
+    )
     jobs = [(src, P.finetune_id(f)) for f in ENS["finetune"] for src in srcs]
-    aa = finetune_results("eval/autoattack.json", jobs) if AA else []  # the AutoAttack column
-    return finetune_results("test.json", jobs) + finetune_results("meta.json", jobs) + aa
+    aa = (
+        finetune_results("eval/autoattack.json", jobs) if AA else []
+    )  # the AutoAttack column
+    return (
+        finetune_results("test.json", jobs) + finetune_results("meta.json", jobs) + aa
+    )
 
 
 def ensemble_report_spec(wildcards=None):
-    return _dump({**json.loads(report_spec()), "ensemble_alpha": ENS["alpha"], "ensemble_signs": ENS_SIGNS,
-                  "ensemble_finetune": ENS["finetune"]})
+    return _dump(
+        {
+            **json.loads(report_spec()),
+            "ensemble_alpha": ENS["alpha"],
+            "ensemble_signs": ENS_SIGNS,
+            "ensemble_finetune": ENS["finetune"],
+        }
+    )

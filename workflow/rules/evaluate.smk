@@ -8,14 +8,14 @@ rule evaluate:
         npz="results/{run}/finetune/{src}/{ft}/seed{seed}/eval/pgd.npz",
     log:
         "results/{run}/logs/evaluate/{src}/{ft}/seed{seed}.log",
-    params:
-        spec=evaluate_spec,
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
         gpu=1,
         runtime=30,
-    conda:
-        "../../environment.yml"
+    params:
+        spec=evaluate_spec,
     message:
         "Evaluating {wildcards.src}/{wildcards.ft} (seed {wildcards.seed}) under PGD"
     shell:

@@ -10,16 +10,16 @@ rule finetune:
         meta="results/{run}/finetune/{src}/{ft}/seed{seed}/meta.json",
     log:
         "results/{run}/logs/finetune/{src}/{ft}/seed{seed}.log",
-    params:
-        spec=finetune_spec,
-        init=init_flag,
-        resume="results/{run}/.resume/finetune/{src}/{ft}/seed{seed}",
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
         gpu=1,
         runtime=train_runtime,
-    conda:
-        "../../environment.yml"
+    params:
+        spec=finetune_spec,
+        init=init_flag,
+        resume="results/{run}/.resume/finetune/{src}/{ft}/seed{seed}",
     message:
         "Fine-tuning {wildcards.src} with {wildcards.ft} (seed {wildcards.seed})"
     shell:

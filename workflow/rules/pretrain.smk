@@ -10,15 +10,15 @@ rule pretrain:
         meta="results/{run}/pretrain/{pt}/seed{seed}/meta.json",
     log:
         "results/{run}/logs/pretrain/{pt}/seed{seed}.log",
-    params:
-        spec=pretrain_spec,
-        resume="results/{run}/.resume/pretrain/{pt}/seed{seed}",
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
         gpu=1,
         runtime=pretrain_runtime,
-    conda:
-        "../../environment.yml"
+    params:
+        spec=pretrain_spec,
+        resume="results/{run}/.resume/pretrain/{pt}/seed{seed}",
     message:
         "Pretraining {wildcards.pt} (seed {wildcards.seed})"
     shell:

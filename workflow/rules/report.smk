@@ -5,21 +5,21 @@ for _name in REPORTS:
     rule:
         name:
             _name
-        localrule: True
         input:
             REPORTS[_name].inputs,
         output:
             **result_outputs(_name),
         log:
             f"results/{RUN}/logs/report/{result_file(_name)}.log",
+        localrule: True
+        conda:
+            "../../environment.yml"
         params:
             spec=REPORTS[_name].spec,
             # bound now: a shell command is evaluated when the job runs, after the loop has moved on
             kind=result_kind(_name),
             file=result_file(_name),
             out=result_main(_name),
-        conda:
-            "../../environment.yml"
         message:
             REPORTS[_name].message
         shell:

@@ -5,7 +5,6 @@
 import sys
 from dataclasses import dataclass
 
-
 # The HTML report's sections (Snakemake report categories), in the paper's order.
 SECTIONS = {
     "claims": "0 Claims of the paper (a summary of the sections below)",
@@ -35,66 +34,180 @@ class Result:
 # Table 3 and Figure 1 (the core); each feature's inputs are in its *_inputs.smk.
 def pretrain_metas(srcs):
     """The pretrainings' meta.json: their epochs and objectives are the budgets' first half."""
-    return [f"results/{RUN}/pretrain/{src}/seed{s}/meta.json" for src in srcs for s in SEEDS]
+    return [
+        f"results/{RUN}/pretrain/{src}/seed{s}/meta.json" for src in srcs for s in SEEDS
+    ]
 
 
 def table3_inputs(wildcards):
     aa = finetune_results("eval/autoattack.json", robustness_jobs(AA)) if AA else []
-    return finetune_results("test.json") + finetune_results("meta.json") + aa + pretrain_metas(PT_JOBS)
+    return (
+        finetune_results("test.json")
+        + finetune_results("meta.json")
+        + aa
+        + pretrain_metas(PT_JOBS)
+    )
 
 
 def figure1_inputs(wildcards):
     """(P1,F4), each task's (P3,F4), the matched baselines, the ensemble pretraining's point and
-    the red star (the fine-tuned ensemble's result, seed{k}.json of advss.ensemble_eval)."""
-    jobs = [("scratch", "full-adv")] + [(P.pretrain_id(t, "P3"), "full-adv") for t in TASKS] + MATCHED_JOBS
+    the red star (the fine-tuned ensemble's result, seed{k}.json of advss.ensemble_eval).
+    """
+    jobs = (
+        [("scratch", "full-adv")]
+        + [(P.pretrain_id(t, "P3"), "full-adv") for t in TASKS]
+        + MATCHED_JOBS
+    )
     jobs += [(src, "full-adv") for _, src in FIGURE1_EXTRA]
-    star = [f"results/{RUN}/ensembles/{FIGURE1_STAR}/seed{s}.json" for s in SEEDS] if FIGURE1_STAR else []
-    return finetune_results("test.json", jobs) + finetune_results("meta.json", jobs) + star
+    star = (
+        [f"results/{RUN}/ensembles/{FIGURE1_STAR}/seed{s}.json" for s in SEEDS]
+        if FIGURE1_STAR
+        else []
+    )
+    return (
+        finetune_results("test.json", jobs) + finetune_results("meta.json", jobs) + star
+    )
 
 
 REPORTS = {
-    "table3": Result(table3_inputs, report_spec, "Table 3: the 8 scenarios × 3 pretext tasks", "core", "Table 3"),
-    "figure1": Result(figure1_inputs, report_spec, "Figure 1: TA vs RA, marker size = epochs to best", "core",
-                      "Figure 1"),
-    "table_autoattack": Result(autoattack_table_inputs, robustness_report_spec,
-                               "AutoAttack vs PGD on the same test images", "robustness", "AutoAttack table",
-                               on=bool(AA), file="autoattack"),
-    "table_unforeseen": Result(unforeseen_inputs, robustness_report_spec,
-                               "Accuracy under the unforeseen attacks, per attack and ε", "robustness",
-                               "unforeseen table", on=bool(UF), file="unforeseen"),
-    "table_cifar10c": Result(cifar10c_inputs, robustness_report_spec, "CIFAR-10-C accuracy per corruption and severity",
-                             "robustness", "CIFAR-10-C table", on=bool(CC), file="cifar10c"),
-    "figure3": Result(figure3_inputs, robustness_report_spec,
-                      "Figure 3: unforeseen attacks, (P3,F4)-Rotation vs the rotation-auxiliary baseline",
-                      "robustness", "Figure 3", on=bool(UF and ROTAUX_ON)),
-    "figure4": Result(figure4_inputs, robustness_report_spec, "Figure 4: unforeseen attacks, (P3,F4) per pretext task",
-                      "robustness", "Figure 4", on=bool(UF)),
-    "claims": Result(claims_inputs, report_spec,
-                     "Claims: each directional claim of the paper, with its interval over seeds (McNemar with one seed)",
-                     "claims", "Claims"),
-    "table7": Result(table7_inputs, ablation_report_spec, "Table 7: pretraining-pool size", "ablations", "Table 7",
-                     on="pool" in ABL),
-    "table8": Result(table8_inputs, ablation_report_spec, "Table 8: random-smoothing pretraining", "ablations",
-                     "Table 8", on="smoothing" in ABL),
-    "table_rotaux": Result(table_rotaux_inputs, ablation_report_spec,
-                           "The one-shot AT + rotation-auxiliary baseline beside (P1,F4) and (P3,F4)", "ablations",
-                           "One-shot baseline", on="baseline" in ABL),
-    "figure_pool": Result(table7_inputs, ablation_report_spec,
-                          "Figure: TA and RA against pretraining-pool size (Table 7)", "ablations", "Pool-size figure",
-                          on="pool" in ABL),
-    "table5": Result(table5_inputs, ensemble_report_spec,
-                     "Table 5: single-task vs ensemble adversarial pretraining (AP+SE, AP+DPE with each sign)",
-                     "ensembles", "Table 5", on=bool(ENS)),
+    "table3": Result(
+        table3_inputs,
+        report_spec,
+        "Table 3: the 8 scenarios × 3 pretext tasks",
+        "core",
+        "Table 3",
+    ),
+    "figure1": Result(
+        figure1_inputs,
+        report_spec,
+        "Figure 1: TA vs RA, marker size = epochs to best",
+        "core",
+        "Figure 1",
+    ),
+    "table_autoattack": Result(
+        autoattack_table_inputs,
+        robustness_report_spec,
+        "AutoAttack vs PGD on the same test images",
+        "robustness",
+        "AutoAttack table",
+        on=bool(AA),
+        file="autoattack",
+    ),
+    "table_unforeseen": Result(
+        unforeseen_inputs,
+        robustness_report_spec,
+        "Accuracy under the unforeseen attacks, per attack and ε",
+        "robustness",
+        "unforeseen table",
+        on=bool(UF),
+        file="unforeseen",
+    ),
+    "table_cifar10c": Result(
+        cifar10c_inputs,
+        robustness_report_spec,
+        "CIFAR-10-C accuracy per corruption and severity",
+        "robustness",
+        "CIFAR-10-C table",
+        on=bool(CC),
+        file="cifar10c",
+    ),
+    "figure3": Result(
+        figure3_inputs,
+        robustness_report_spec,
+        "Figure 3: unforeseen attacks, (P3,F4)-Rotation vs the rotation-auxiliary baseline",
+        "robustness",
+        "Figure 3",
+        on=bool(UF and ROTAUX_ON),
+    ),
+    "figure4": Result(
+        figure4_inputs,
+        robustness_report_spec,
+        "Figure 4: unforeseen attacks, (P3,F4) per pretext task",
+        "robustness",
+        "Figure 4",
+        on=bool(UF),
+    ),
+    "claims": Result(
+        claims_inputs,
+        report_spec,
+        "Claims: each directional claim of the paper, with its interval over seeds (McNemar with one seed)",
+        "claims",
+        "Claims",
+    ),
+    "table7": Result(
+        table7_inputs,
+        ablation_report_spec,
+        "Table 7: pretraining-pool size",
+        "ablations",
+        "Table 7",
+        on="pool" in ABL,
+    ),
+    "table8": Result(
+        table8_inputs,
+        ablation_report_spec,
+        "Table 8: random-smoothing pretraining",
+        "ablations",
+        "Table 8",
+        on="smoothing" in ABL,
+    ),
+    "table_rotaux": Result(
+        table_rotaux_inputs,
+        ablation_report_spec,
+        "The one-shot AT + rotation-auxiliary baseline beside (P1,F4) and (P3,F4)",
+        "ablations",
+        "One-shot baseline",
+        on="baseline" in ABL,
+    ),
+    "figure_pool": Result(
+        table7_inputs,
+        ablation_report_spec,
+        "Figure: TA and RA against pretraining-pool size (Table 7)",
+        "ablations",
+        "Pool-size figure",
+        on="pool" in ABL,
+    ),
+    "table5": Result(
+        table5_inputs,
+        ensemble_report_spec,
+        "Table 5: single-task vs ensemble adversarial pretraining (AP+SE, AP+DPE with each sign)",
+        "ensembles",
+        "Table 5",
+        on=bool(ENS),
+    ),
     # Table 6 needs at least one pair of tasks, Figure 5 a source and two targets.
-    "table4": Result(transfer_results, transfer_report_spec, "Table 4: transfer attack success rates", "ensembles",
-                     "Table 4", on=bool(XFER)),
-    "table6": Result(table6_inputs, transfer_report_spec, "Table 6: ensembles of fine-tuned models", "ensembles",
-                     "Table 6", on=bool(XFER) and len(TASKS) >= 2),
-    "figure5": Result(transfer_results, transfer_report_spec, "Figure 5: Venn diagrams of successful transfer attacks",
-                      "ensembles", "Figure 5", on=bool(XFER) and len(TASKS) >= 3),
-    "table_robust_ssl": Result(robust_ssl_inputs, robust_ssl_report_spec,
-                               "The successors (SimCLR, ACL, DynACL) beside the 2020 tasks, published figures beside",
-                               "successors", "Successors table", on=bool(RSSL), file="robust_ssl"),
+    "table4": Result(
+        transfer_results,
+        transfer_report_spec,
+        "Table 4: transfer attack success rates",
+        "ensembles",
+        "Table 4",
+        on=bool(XFER),
+    ),
+    "table6": Result(
+        table6_inputs,
+        transfer_report_spec,
+        "Table 6: ensembles of fine-tuned models",
+        "ensembles",
+        "Table 6",
+        on=bool(XFER) and len(TASKS) >= 2,
+    ),
+    "figure5": Result(
+        transfer_results,
+        transfer_report_spec,
+        "Figure 5: Venn diagrams of successful transfer attacks",
+        "ensembles",
+        "Figure 5",
+        on=bool(XFER) and len(TASKS) >= 3,
+    ),
+    "table_robust_ssl": Result(
+        robust_ssl_inputs,
+        robust_ssl_report_spec,
+        "The successors (SimCLR, ACL, DynACL) beside the 2020 tasks, published figures beside",
+        "successors",
+        "Successors table",
+        on=bool(RSSL),
+        file="robust_ssl",
+    ),
 }
 
 
@@ -122,17 +235,30 @@ def result_outputs(name):
     where one is written."""
     r, file, kind = REPORTS[name], result_file(name), result_kind(name)
     caption = Path(WORKFLOW_DIR, "report", f"{file}.rst")
-    item = dict(caption=f"../report/{file}.rst" if caption.exists() else None, category=SECTIONS[r.section],
-                labels={"result": r.label})
+    item = dict(
+        caption=f"../report/{file}.rst" if caption.exists() else None,
+        category=SECTIONS[r.section],
+        labels={"result": r.label},
+    )
     if kind == "figure":
-        return dict(png=report(f"results/{RUN}/figures/{file}.png", **item), pdf=f"results/{RUN}/figures/{file}.pdf")
+        return dict(
+            png=report(f"results/{RUN}/figures/{file}.png", **item),
+            pdf=f"results/{RUN}/figures/{file}.pdf",
+        )
     out = {ext: f"results/{RUN}/tables/{file}.{ext}" for ext in ("csv", "md", "tex")}
     return dict(out, html=report(f"results/{RUN}/tables/{file}.html", **item))
 
 
 # What all_tables / all_figures build.
-TABLES = [result_file(n) for n, r in REPORTS.items() if r.on and result_kind(n) == "table"]
-FIGURES = [result_file(n) for n, r in REPORTS.items() if r.on and result_kind(n) == "figure"]
+TABLES = [
+    result_file(n) for n, r in REPORTS.items() if r.on and result_kind(n) == "table"
+]
+FIGURES = [
+    result_file(n) for n, r in REPORTS.items() if r.on and result_kind(n) == "figure"
+]
 if UF and not ROTAUX_ON:
-    print(f"advss: Figure 3 is skipped: it needs the one-shot rotation-auxiliary baseline, "
-          f"which config section ablations.baseline turns on", file=sys.stderr)
+    print(
+        f"advss: Figure 3 is skipped: it needs the one-shot rotation-auxiliary baseline, "
+        f"which config section ablations.baseline turns on",
+        file=sys.stderr,
+    )

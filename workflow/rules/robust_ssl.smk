@@ -8,12 +8,14 @@ rule model_card:
         program="results/{run}/cards/{src}/{ft}/seed{seed}/model.pt2",
     log:
         "results/{run}/logs/model_card/{src}/{ft}/seed{seed}.log",
-    params:
-        spec=card_spec,
-        aa=lambda wildcards, input: f"--autoattack-json {input.aa}" if input.get("aa") else "",
-    threads: 1
     conda:
         "../../environment.yml"
+    threads: 1
+    params:
+        spec=card_spec,
+        aa=lambda wildcards, input: (
+            f"--autoattack-json {input.aa}" if input.get("aa") else ""
+        ),
     message:
         "Model card of {wildcards.src}/{wildcards.ft} (seed {wildcards.seed})"
     shell:

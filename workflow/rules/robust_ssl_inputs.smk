@@ -3,7 +3,11 @@
 # task, fine-tuned by the ordinary `finetune` rule and scored with the same attacks; the
 # table `robust_ssl` puts them beside the 2020 tasks' (P3,F4) and the published figures.
 # The `robust_ssl` section turns it on. Config section, spec builders and inputs (functions only).
-RSSL = config["robust_ssl"] if validate_section("robust_ssl", "robust_ssl.schema.yaml") else {}
+RSSL = (
+    config["robust_ssl"]
+    if validate_section("robust_ssl", "robust_ssl.schema.yaml")
+    else {}
+)
 
 
 def contrastive_pretrain_spec(wildcards):
@@ -12,16 +16,18 @@ def contrastive_pretrain_spec(wildcards):
     common = _common_spec(wildcards.seed)
     if RSSL.get("train_steps"):  # the pretraining attack's own steps (ACL, DynACL: 5)
         common["threat"] = {**common["threat"], "train_steps": RSSL["train_steps"]}
-    return _dump({
-        **common,
-        **P.contrastive_spec(wildcards.pt, RSSL.get("contrastive", {})),
-        "val_max": RSSL.get("val_max"),
-        "select_by": "last",
-        "epochs": RSSL["epochs"],
-        "batch_size": RSSL["batch_size"],
-        "optim": RSSL["optim"],
-        "revision": {k: P.REVISION[k] for k in ("pgd", "train")},
-    })
+    return _dump(
+        {
+            **common,
+            **P.contrastive_spec(wildcards.pt, RSSL.get("contrastive", {})),
+            "val_max": RSSL.get("val_max"),
+            "select_by": "last",
+            "epochs": RSSL["epochs"],
+            "batch_size": RSSL["batch_size"],
+            "optim": RSSL["optim"],
+            "revision": {k: P.REVISION[k] for k in ("pgd", "train")},
+        }
+    )
 
 
 def contrastive_runtime(wildcards, attempt):
@@ -41,35 +47,59 @@ def robust_ssl_finetune(spec, ft):
 def robust_ssl_jobs():
     """(src, ft): each 2020 task's (P3,F4), then each method under each configured mode."""
     jobs = [(P.pretrain_id(t, "P3"), P.finetune_id("F4")) for t in TASKS]
-    return jobs + [(m, P.finetune_id(f)) for m in RSSL["methods"] for f in RSSL["finetune"]]
+    return jobs + [
+        (m, P.finetune_id(f)) for m in RSSL["methods"] for f in RSSL["finetune"]
+    ]
 
 
 def robust_ssl_inputs(wildcards):
     jobs = robust_ssl_jobs()
     aa = finetune_results("eval/autoattack.json", jobs) if AA else []
-    return finetune_results("test.json", jobs) + finetune_results("meta.json", jobs) + aa + pretrain_metas(
-        dict.fromkeys(src for src, _ in jobs))
+    return (
+        finetune_results("test.json", jobs)
+        + finetune_results("meta.json", jobs)
+        + aa
+        + pretrain_metas(dict.fromkeys(src for src, _ in jobs))
+    )
 
 
 def robust_ssl_report_spec(wildcards=None):
-    return _dump({**json.loads(report_spec()), "robust_ssl_methods": RSSL["methods"],
-                  "robust_ssl_finetune": RSSL["finetune"], "finetune_objective": config["finetune"].get("objective", "madry"),
-                  "arch": config["model"]["arch"]})
+    return _dump(
+        {
+            **json.loads(report_spec()),
+            "robust_ssl_methods": RSSL["methods"],
+            "robust_ssl_finetune": RSSL["finetune"],
+            "finetune_objective": config["finetune"].get("objective", "madry"),
+            "arch": config["model"]["arch"],
+        }
+    )
 
 
 def model_card_jobs():
     """The fine-tuned models that get a card: the contrastive ones, when `cards` is on."""
-    return [(m, ft) for m, ft in robust_ssl_jobs() if m in P.CONTRASTIVE] if RSSL.get("cards", True) else []
+    return (
+        [(m, ft) for m, ft in robust_ssl_jobs() if m in P.CONTRASTIVE]
+        if RSSL.get("cards", True)
+        else []
+    )
 
 
 def successor_claim_inputs():
     """The claims row 'best contrastive (P3,F4) AutoAttack RA ≥ the best 2020 task's' reads the
-    AutoAttack results (json, and the per-example npz for McNemar) of every (P3,F4) it compares."""
+    AutoAttack results (json, and the per-example npz for McNemar) of every (P3,F4) it compares.
+    """
     if not (RSSL and AA):
         return []
     p3 = [m for m in RSSL["methods"] if P.CONTRASTIVE[m]["p"] == "P3"]
-    jobs = [(P.pretrain_id(t, "P3"), "full-adv") for t in TASKS] + [(m, "full-adv") for m in p3]
-    return finetune_results("eval/autoattack.json", jobs) + finetune_results("eval/autoattack.npz", jobs) if p3 else []
+    jobs = [(P.pretrain_id(t, "P3"), "full-adv") for t in TASKS] + [
+        (m, "full-adv") for m in p3
+    ]
+    return (
+        finetune_results("eval/autoattack.json", jobs)
+        + finetune_results("eval/autoattack.npz", jobs)
+        if p3
+        else []
+    )
 
 
 def card_spec(wildcards):
@@ -77,20 +107,37 @@ def card_spec(wildcards):
     f = P.FT_TO_F[wildcards.ft]
     label = P.CONTRASTIVE_LABEL.get(wildcards.src, wildcards.src)
     p = P.CONTRASTIVE[wildcards.src]["p"] if wildcards.src in P.CONTRASTIVE else "P3"
-    return _dump({
-        "name": f"advss {label} ({p},{f}) {P.SUCCESSOR_FT.get(f, '')}".strip() + f", run {RUN}, seed {wildcards.seed}",
-        "dataset": config["data"]["name"], "model": config["model"], "threat": config["threat"],
-        "footnote": f"fine-tuning objective: {config['finetune'].get('objective', 'madry')}; config {P.spec_hash(config)}",
-    })
+    return _dump(
+        {
+            "name": f"advss {label} ({p},{f}) {P.SUCCESSOR_FT.get(f, '')}".strip()
+            + f", run {RUN}, seed {wildcards.seed}",
+            "dataset": config["data"]["name"],
+            "model": config["model"],
+            "threat": config["threat"],
+            "footnote": f"fine-tuning objective: {config['finetune'].get('objective', 'madry')}; config {P.spec_hash(config)}",
+        }
+    )
 
 
 def card_inputs(wildcards):
     d = f"results/{RUN}/finetune/{wildcards.src}/{wildcards.ft}/seed{wildcards.seed}"
-    return {"data": DATA, "model": f"{d}/model.pt", "test": f"{d}/test.json",
-            **({"aa": f"{d}/eval/autoattack.json"} if AA else {})}
+    return {
+        "data": DATA,
+        "model": f"{d}/model.pt",
+        "test": f"{d}/test.json",
+        **({"aa": f"{d}/eval/autoattack.json"} if AA else {}),
+    }
 
 
 def model_cards():
     """Every card and program the run makes (`all` builds them)."""
-    return [f"results/{RUN}/cards/{src}/{ft}/seed{s}/{name}" for src, ft in model_card_jobs() for s in SEEDS
-            for name in ("card.json", "model.pt2")] if RSSL else []
+    return (
+        [
+            f"results/{RUN}/cards/{src}/{ft}/seed{s}/{name}"
+            for src, ft in model_card_jobs()
+            for s in SEEDS
+            for name in ("card.json", "model.pt2")
+        ]
+        if RSSL
+        else []
+    )

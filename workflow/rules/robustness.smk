@@ -15,14 +15,14 @@ rule robustness:
         "results/{run}/logs/robustness/{src}/{ft}/seed{seed}/{suite}.log",
     wildcard_constraints:
         suite="|".join(P.ROBUSTNESS_SUITES),
-    params:
-        spec=robustness_spec,
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
         gpu=1,
         runtime=robustness_runtime,
-    conda:
-        "../../environment.yml"
+    params:
+        spec=robustness_spec,
     message:
         "Robustness ({wildcards.suite}) of {wildcards.src}/{wildcards.ft} (seed {wildcards.seed})"
     shell:
@@ -42,15 +42,15 @@ rule autoattack_ensemble:
         "results/{run}/logs/autoattack_ensemble/{members}/seed{seed}.log",
     wildcard_constraints:
         members=P.AA_MEMBERS_RE,
-    params:
-        spec=robustness_spec,
-        models=model_flags,
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
         gpu=1,
         runtime=robustness_runtime,
-    conda:
-        "../../environment.yml"
+    params:
+        spec=robustness_spec,
+        models=model_flags,
     message:
         "AutoAttack on the ensemble {wildcards.members} (seed {wildcards.seed})"
     shell:

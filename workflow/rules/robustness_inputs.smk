@@ -17,7 +17,9 @@ def robustness_part(name):
 AA = robustness_part("autoattack")
 if AA:
     try:
-        P.autoattack_settings(AA)  # 'standard' with a non-standard budget: refuse before any job
+        P.autoattack_settings(
+            AA
+        )  # 'standard' with a non-standard budget: refuse before any job
     except ValueError as e:
         raise WorkflowError(f"invalid config ({_config_files()}): {e}") from None
 UF = robustness_part("unforeseen")
@@ -30,7 +32,9 @@ ROTAUX_ON = "baseline" in (config.get("ablations") or {})
 def robustness_jobs(part):
     """(src, ft) of the fine-tuned models a part evaluates: its scenarios, or Table 3's."""
     scenarios = part.get("scenarios")
-    return P.scenario_jobs([tuple(s) for s in scenarios], TASKS) if scenarios else FT_JOBS
+    return (
+        P.scenario_jobs([tuple(s) for s in scenarios], TASKS) if scenarios else FT_JOBS
+    )
 
 
 def unforeseen_jobs():
@@ -42,7 +46,11 @@ def unforeseen_jobs():
 def robustness_spec(wildcards):
     """What affects one robustness job's result (its suite's settings, the model, the subset)."""
     suite = wildcards.get("suite", "autoattack")
-    part = {k: v for k, v in ROBUSTNESS[suite].items() if k not in ("enabled", "scenarios", "ensembles", "n_examples")}
+    part = {
+        k: v
+        for k, v in ROBUSTNESS[suite].items()
+        if k not in ("enabled", "scenarios", "ensembles", "n_examples")
+    }
     spec = {
         **_common_spec(wildcards.seed),
         "subset_seed": ROBUSTNESS.get("seed", 0),
@@ -51,11 +59,17 @@ def robustness_spec(wildcards):
         suite: part,
         "revision": {"robustness": P.ROBUSTNESS_REVISION, "pgd": P.REVISION["pgd"]},
     }
-    if suite == "corruptions":  # a fix of the generated corruptions (advss/corruptions.py) reruns these only
+    if (
+        suite == "corruptions"
+    ):  # a fix of the generated corruptions (advss/corruptions.py) reruns these only
         spec["revision"]["corruptions"] = P.REVISION["corruptions"]
-    spec.pop("fast", None)  # attacks run in fp32 always: the GPU fast-path settings do not apply
+    spec.pop(
+        "fast", None
+    )  # attacks run in fp32 always: the GPU fast-path settings do not apply
     if suite != "autoattack":
-        spec.pop("threat")  # no L∞ ball in these suites: a threat change must not rerun them
+        spec.pop(
+            "threat"
+        )  # no L∞ ball in these suites: a threat change must not rerun them
     return _dump(spec)
 
 
@@ -73,26 +87,35 @@ def model_flags(wildcards, input):
 
 def robustness_runtime(wildcards, attempt):
     """Minutes: AutoAttack on 10,000 images of a robust ResNet-50 takes hours on one GPU."""
-    heavy = config["model"]["arch"] == "resnet50" and wildcards.get("suite", "autoattack") != "corruptions"
+    heavy = (
+        config["model"]["arch"] == "resnet50"
+        and wildcards.get("suite", "autoattack") != "corruptions"
+    )
     return (360 if heavy else 30) * attempt
 
 
 def robustness_report_spec(wildcards=None):
     ensembles = AA.get("ensembles", []) if AA else []
-    return _dump({
-        **json.loads(report_spec()),
-        "eps": str(config["threat"]["eps"]),
-        "autoattack_jobs": robustness_jobs(AA) if AA else [],
-        "ensembles": [sorted(m) for m in ensembles],
-        "unforeseen_jobs": unforeseen_jobs() if UF else [],
-        "corruption_jobs": robustness_jobs(CC) if CC else [],
-    })
+    return _dump(
+        {
+            **json.loads(report_spec()),
+            "eps": str(config["threat"]["eps"]),
+            "autoattack_jobs": robustness_jobs(AA) if AA else [],
+            "ensembles": [sorted(m) for m in ensembles],
+            "unforeseen_jobs": unforeseen_jobs() if UF else [],
+            "corruption_jobs": robustness_jobs(CC) if CC else [],
+        }
+    )
 
 
 def autoattack_table_inputs(wildcards):
     spec = json.loads(robustness_report_spec())
-    return finetune_results("eval/autoattack.json", [tuple(j) for j in spec["autoattack_jobs"]]) + [
-        f"results/{RUN}/ensembles/{'+'.join(m)}/autoattack-seed{s}.json" for m in spec["ensembles"] for s in SEEDS
+    return finetune_results(
+        "eval/autoattack.json", [tuple(j) for j in spec["autoattack_jobs"]]
+    ) + [
+        f"results/{RUN}/ensembles/{'+'.join(m)}/autoattack-seed{s}.json"
+        for m in spec["ensembles"]
+        for s in SEEDS
     ]
 
 
@@ -101,7 +124,10 @@ def unforeseen_inputs(wildcards):
 
 
 def figure3_inputs(wildcards):
-    return finetune_results("eval/unforeseen.json", [(P.pretrain_id("rotation", "P3"), P.finetune_id("F4")), P.ROTAUX])
+    return finetune_results(
+        "eval/unforeseen.json",
+        [(P.pretrain_id("rotation", "P3"), P.finetune_id("F4")), P.ROTAUX],
+    )
 
 
 def figure4_inputs(wildcards):
@@ -110,4 +136,3 @@ def figure4_inputs(wildcards):
 
 def cifar10c_inputs(wildcards):
     return finetune_results("eval/corruptions.json", robustness_jobs(CC))
-

@@ -14,14 +14,14 @@ rule transfer:
         json="results/{run}/transfer/{src}/{ft}/seed{seed}.json",
     log:
         "results/{run}/logs/transfer/{src}/{ft}/seed{seed}.log",
-    params:
-        spec=transfer_spec,
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
         gpu=1,
         runtime=30,
-    conda:
-        "../../environment.yml"
+    params:
+        spec=transfer_spec,
     message:
         "Transfer attacks from {wildcards.src}/{wildcards.ft} (seed {wildcards.seed})"
     shell:
@@ -41,14 +41,14 @@ rule ensemble_eval:
         "results/{run}/logs/ensembles/{members}/seed{seed}.log",
     wildcard_constraints:
         members=P.MEMBERS_RE,
-    params:
-        spec=ensemble_eval_spec,
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
         gpu=1,
         runtime=30,
-    conda:
-        "../../environment.yml"
+    params:
+        spec=ensemble_eval_spec,
     message:
         "Ensemble {wildcards.members} (seed {wildcards.seed}): averaged softmax under PGD"
     shell:
