@@ -136,6 +136,34 @@ def classifier(model_cfg: dict, num_classes: int) -> Model:
     return Model(trunk, nn.Linear(trunk.out_dim, num_classes))
 
 
+WEIGHT_INITS = ("default", "kaiming_fan_out")
+
+
+def init_weights(model: nn.Module, scheme: str = "default") -> nn.Module:
+    """'default': PyTorch's own initialisation, as built. 'kaiming_fan_out': every
+    convolution He-normal with fan_out and ReLU gain, as ACL's and DynACL's ResNets (and
+    torchvision's) initialise theirs; BN and linear layers keep PyTorch's."""
+    if scheme not in WEIGHT_INITS:
+        raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, not {scheme!r}")
+    if scheme == "kaiming_fan_out":
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
+def zero_head(model: Model) -> Model:
+    """Zero the linear classifier (weight and bias) before fine-tuning, as RSB's `get_model`
+    and DynACL's fine-tuning scripts do: the first steps then train the head from logits of
+    0 rather than from a random readout of the pretrained features."""
+    if not isinstance(model.head, nn.Linear):
+        raise ValueError(f"head_init 'zero' needs a linear head, not {type(model.head).__name__}")
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    return model
+
+
 # ---------------------------------------------------------------- checkpoints
 def save_checkpoint(path, model: Model, model_cfg: dict, **extra):
     """Atomic save of weights + what is needed to rebuild and check them."""

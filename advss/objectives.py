@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from advss.attacks import Threat, bn_mode, pgd
+from advss.pretext.contrastive import bn_route
 from advss.step import randn_like
 
 
@@ -46,19 +47,34 @@ def adversarial(model, task, inputs, targets, gen, cfg, threat: Threat):
 
 
 def trades(model, task, inputs, targets, gen, cfg, threat: Threat):
-    beta = float(cfg.get("trades_beta", 6.0))
-    with torch.no_grad():
-        p_clean = F.softmax(model(inputs), -1)
-
-    def kl(z):
-        return F.kl_div(F.log_softmax(model(z), -1), p_clean, reduction="none").sum(-1)
-
-    start = (inputs + 0.001 * randn_like(inputs, gen)).clamp(0, 1)  # TRADES starts near x, not uniformly
+    """TRADES (Zhang et al. 2019): CE(clean) + β·KL(p_clean ‖ p_adv), the attack ascending
+    the KL from a start near x. As ACL's `trades.py` and RSB's `trades_loss(_dual)` do, the
+    attack, its clean target included, runs in the crafting BN mode (`threat.bn_mode`: eval
+    there; 'train' uses batch statistics), and neither moves BN's running statistics; the
+    weights' loss then runs in train mode. On a dual-BN model (RSB's AFF after ACL/DynACL,
+    `trades_loss_dual`) clean inputs pass the clean BN copy and adversarial ones the
+    adversarial copy (`bn_route`); a plain model ignores the routes.
+    cfg: trades_beta (β, 6 for CIFAR-10), start_std (the start's N(0, σ²) noise: 0.001 in
+    TRADES and ACL, 0 in RSB, whose dual loss starts at x)."""
+    beta, std = float(cfg.get("trades_beta", 6.0)), float(cfg.get("start_std", 0.001))
+    if beta < 0 or std < 0:
+        raise ValueError(f"trades objective: trades_beta and start_std must be >= 0, not {beta}, {std}")
     with bn_mode(model, threat.bn_mode):
+        with torch.no_grad(), bn_route(model, "clean"):
+            p_clean = F.softmax(model(inputs), -1)
+
+        def kl(z):
+            with bn_route(model, "adv"):
+                return F.kl_div(F.log_softmax(model(z), -1), p_clean, reduction="none").sum(-1)
+
+        start = (inputs + std * randn_like(inputs, gen)).clamp(0, 1) if std else inputs
         x_adv = pgd(kl, start, dataclasses.replace(threat, random_start=False), gen)
         x_adv = torch.min(torch.max(x_adv, inputs - threat.eps), inputs + threat.eps).clamp(0, 1)
-    logits = model(inputs)
-    robust = F.kl_div(F.log_softmax(model(x_adv), -1), F.softmax(logits, -1), reduction="batchmean")
+    with bn_route(model, "clean"):
+        logits = model(inputs)
+    with bn_route(model, "adv"):
+        adv_logits = model(x_adv)
+    robust = F.kl_div(F.log_softmax(adv_logits, -1), F.softmax(logits, -1), reduction="batchmean")
     return F.cross_entropy(logits, targets) + beta * robust, logits
 
 

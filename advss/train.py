@@ -27,9 +27,10 @@ from advss.evaluate import evaluate
 from advss.fast import apply_fast, fast_settings
 from advss.io import (AdvssError, batch_seed, exclusive_lock, generator, pick_device, provenance, set_deterministic,
                       spec_hash, torch_load, torch_save, write_json, write_text)
-from advss.models import Model, load_checkpoint, load_trunk, save_checkpoint
+from advss.models import Model, init_weights, load_checkpoint, load_trunk, save_checkpoint, zero_head
 from advss.objectives import OBJECTIVES, needs_double_backward
 from advss.pretext import build
+from advss.pretext.contrastive import adv_copy, dual_bn_finetune
 from advss.step import StepRunner, init_momentum, train_step
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_ta", "val_ra", "seconds"]
@@ -169,6 +170,7 @@ def setup(spec: dict, data_path, init=None, resume_dir=None, device="auto", log=
     torch.manual_seed(spec["seed"])
     data = D.load(data_path, dev)
     model, task = build(spec, data["num_classes"])
+    init_weights(model, spec.get("weight_init", "default"))  # before any transfer: the untransferred part
     transfer, frozen = None, ()
     partial, trains = bool(spec.get("partial", False)), spec.get("partial_trains", "untransferred")
     if partial and not init:
@@ -178,7 +180,14 @@ def setup(spec: dict, data_path, init=None, resume_dir=None, device="auto", log=
     if init:
         ck = load_checkpoint(init, spec["model"])
         prefixes = ck.get("transfer_prefixes", ["trunk."])
+        if spec.get("dual_bn"):  # RSB's AFF after ACL/DynACL: both BN copies, the adversarial one kept
+            try:
+                ck = dual_bn_finetune(model, ck, init)
+            except ValueError as e:
+                raise AdvssError(str(e)) from None
         transfer = load_trunk(model, ck, prefixes, init)
+        if spec.get("head_init", "default") == "zero":  # RSB and DynACL zero the linear head before fine-tuning
+            zero_head(model)
         log(f"loaded {transfer['loaded']} pretrained trunk tensors from {init}; "
             f"{len(transfer['kept_at_init'])} kept at init")
         if partial:
@@ -210,6 +219,12 @@ def setup(spec: dict, data_path, init=None, resume_dir=None, device="auto", log=
 
     fx, fy = data["fit"]
     vx, vy = data["val"]
+    if spec.get("train_data", "fit") not in ("fit", "all"):
+        raise AdvssError(f"train_data must be 'fit' or 'all', not {spec['train_data']!r}")
+    if spec.get("train_data") == "all":  # RSB: every training image; validation then only tracks progress
+        if spec.get("select_by") != "last":
+            raise AdvssError("train_data 'all' trains on the validation images too: select_by must be 'last'")
+        fx, fy = torch.cat([fx, vx]), torch.cat([fy, vy])
     if spec.get("val_max"):
         vx, vy = vx[: spec["val_max"]], vy[: spec["val_max"]]
     bs, epochs, seed = int(spec["batch_size"]), int(spec["epochs"]), int(spec["seed"])
@@ -348,11 +363,16 @@ def finish(job: Job, state: LoopState, select: str, out_model, out_metrics, out_
         raise AdvssError(f"select_by={select!r} but no such metric was recorded")
     extra = {"task": spec["task"], "task_state": task.state(), "transfer_prefixes": list(task.transfer_prefixes),
              "spec_hash": job.spec_hash}
-    model.load_state_dict(chosen)
-    save_checkpoint(out_model, task.export(model), spec["model"], **extra)
+    export = adv_copy if spec.get("dual_bn") else task.export  # a dual-BN fine-tuning keeps its adversarial BN
+
+    def save(path, weights):
+        model.load_state_dict(weights)
+        exported = export(model)
+        save_checkpoint(path, exported, spec["model"], **extra, **getattr(exported, "extra", {}))
+
+    save(out_model, chosen)
     if out_best_ta:
-        model.load_state_dict(state.best_ta_state)
-        save_checkpoint(out_best_ta, task.export(model), spec["model"], **extra)
+        save(out_best_ta, state.best_ta_state)
     write_text(out_metrics, _rows_to_csv(state.rows))
     write_json(out_meta, provenance(
         spec, job.dev, job.started, stage=job.stage, epochs_run=len(state.rows), select_by=select,

@@ -209,3 +209,53 @@ def test_budget_rule_counts_both_views():
     threat = {"train_steps": 5}
     assert P.passes_per_image({"task": "contrastive", "objective": {"kind": "standard"}, "threat": threat}) == 2
     assert P.passes_per_image({"task": "contrastive", "objective": {"kind": "acl"}, "threat": threat}) == 14
+
+
+def test_dual_bn_aff_starts_from_both_bn_copies_and_exports_the_adversarial_one(tiny_data, tmp_path):
+    """RSB's AFF after ACL/DynACL: the pretraining keeps both BN copies (bn_copies), the fine-tuning
+    builds a dual-BN classifier from them (clean copy from the clean BN, adversarial from the
+    adversarial), zeroes the head, trains on every training image, and saves the adversarial copy
+    as a plain model; a pretraining with one copy is refused."""
+    from advss.io import AdvssError
+    from advss.train import setup
+
+    pre = train_spec(stage="pretrain", task="contrastive", pretext={"contrastive": {"dual_bn": True}},
+                     objective={"kind": "acl"}, augment=False, select_by="last", epochs=1)
+    train(pre, tiny_data, tmp_path / "p.pt", tmp_path / "p.csv", tmp_path / "p.json", device="cpu", log=lambda m: None)
+    ck = load_checkpoint(tmp_path / "p.pt")
+    key = "trunk.stem.1.running_mean"
+    assert set(ck["bn_copies"]) == {"clean", "adv"} and torch.equal(ck["state_dict"][key], ck["bn_copies"]["adv"][key])
+    assert not torch.equal(ck["bn_copies"]["clean"][key], ck["bn_copies"]["adv"][key])  # two real copies
+    aff = train_spec(objective={"kind": "trades", "trades_beta": 6.0, "start_std": 0.0}, dual_bn=True,
+                     head_init="zero", train_data="all", select_by="last", epochs=1)
+    job = setup(aff, tiny_data, init=tmp_path / "p.pt", device="cpu", log=lambda m: None)
+    dual = job.model.trunk.stem[1]
+    assert isinstance(dual, DualBatchNorm) and dual.route_adv  # validation and export see the adversarial copy
+    assert torch.equal(dual.clean.running_mean, ck["bn_copies"]["clean"][key])
+    assert torch.equal(dual.adv.running_mean, ck["bn_copies"]["adv"][key])
+    assert not job.model.head.weight.any() and not job.model.head.bias.any()
+    assert len(job.fit[0]) == 300  # fit + val: every training image
+    train(aff, tiny_data, tmp_path / "f.pt", tmp_path / "f.csv", tmp_path / "f.json", init=tmp_path / "p.pt",
+          device="cpu", log=lambda m: None)
+    out = load_checkpoint(tmp_path / "f.pt")["state_dict"]
+    assert key in out and not any(".adv." in k or ".clean." in k for k in out)
+    with pytest.raises(AdvssError, match="select_by"):
+        setup({**aff, "select_by": "val_ra"}, tiny_data, init=tmp_path / "p.pt", device="cpu", log=lambda m: None)
+    single = {**pre, "pretext": {"contrastive": {}}, "objective": {"kind": "standard"}}
+    train(single, tiny_data, tmp_path / "s.pt", tmp_path / "s.csv", tmp_path / "s.json", device="cpu",
+          log=lambda m: None)
+    with pytest.raises(AdvssError, match="dual-BN pretraining"):
+        setup(aff, tiny_data, init=tmp_path / "s.pt", device="cpu", log=lambda m: None)
+
+
+def test_acl_initialisation_is_kaiming_fan_out():
+    """ACL's and DynACL's ResNets: convolutions He-normal over fan_out (std √(2 / (k²·c_out)))."""
+    from advss.models import init_weights
+
+    model, _ = _model()
+    init_weights(model, "kaiming_fan_out")
+    conv = model.trunk.layer4[0].conv1
+    fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    assert float(conv.weight.detach().std()) == pytest.approx(math.sqrt(2 / fan_out), rel=0.1)
+    with pytest.raises(ValueError):
+        init_weights(model, "xavier")

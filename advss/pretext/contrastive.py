@@ -124,6 +124,25 @@ class DualBatchNorm(nn.Module):
         return self.adv(x) if self.route_adv else self.clean(x)
 
 
+@contextlib.contextmanager
+def bn_route(model: nn.Module, copy: str):
+    """Forward passes inside go through each DualBatchNorm's `copy` ('clean' or 'adv'),
+    the previous routing restored after; a model without dual BN is left as it is. ACL's
+    pretraining routes its adversarial views so, and RSB's dual-BN AFF (`trades_loss_dual`)
+    its clean input through the clean copy and the adversarial one through the other."""
+    if copy not in ("clean", "adv"):
+        raise ValueError(f"BN copy must be 'clean' or 'adv', not {copy!r}")
+    duals = [m for m in model.modules() if isinstance(m, DualBatchNorm)]
+    was = [m.route_adv for m in duals]
+    for m in duals:
+        m.route_adv = copy == "adv"
+    try:
+        yield
+    finally:
+        for m, w in zip(duals, was):
+            m.route_adv = w
+
+
 def dualize(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm under `module` by a DualBatchNorm, in place."""
     for name, child in module.named_children():
@@ -148,14 +167,62 @@ def single_bn_state(state: dict, keep: str) -> dict:
     return out
 
 
+def bn_copies(state: dict) -> dict:
+    """{'clean': …, 'adv': …}: each copy's BatchNorm tensors of a dual-BN state dict under
+    the plain keys, which a pretraining's checkpoint keeps beside its one-copy weights so
+    that a dual-BN fine-tuning (RSB's AFF) can start from both copies."""
+    return {c: {k.replace(f".{c}.", "."): v for k, v in state.items() if f".{c}." in k} for c in ("clean", "adv")}
+
+
+def dual_bn_state(plain: dict, copies: dict, keys) -> dict:
+    """The inverse of `single_bn_state`: a plain state dict (`plain`) and the two BN copies
+    (`bn_copies`) as the state of a dualized model with these `keys`."""
+    out = {}
+    for k in keys:
+        for c in ("clean", "adv"):
+            if f".{c}." in k:
+                src = k.replace(f".{c}.", ".")
+                if src in copies[c]:
+                    out[k] = copies[c][src]
+                break
+        else:
+            if k in plain:
+                out[k] = plain[k]
+    return out
+
+
+def dual_bn_finetune(model: nn.Module, ck: dict, path="checkpoint") -> dict:
+    """Dual-BN fine-tuning (RSB's AFF after ACL/DynACL, `get_model` with bn_names
+    ['normal', 'pgd']): dualize the model's trunk in place, route every forward pass through
+    the adversarial copy unless `bn_route` says otherwise (validation, test and the exported
+    model are the adversarial copy, as RSB's `cvt_state_dict_AFF` keeps), and return `ck`
+    with its weights as the dualized trunk's keys, both BN copies from the pretraining."""
+    copies = ck.get("bn_copies")
+    if not copies:
+        raise ValueError(f"{path} keeps one BatchNorm copy; dual-BN fine-tuning needs a dual-BN pretraining "
+                         "(ACL, DynACL) saved with both copies (bn_copies)")
+    dualize(model.trunk)
+    for m in model.modules():
+        if isinstance(m, DualBatchNorm):
+            m.route_adv = True
+    return {**ck, "state_dict": dual_bn_state(ck["state_dict"], copies, model.state_dict().keys())}
+
+
 class _Exported:
     """What `save_checkpoint` needs of a model: its (plain-BN) state dict."""
 
-    def __init__(self, state):
+    def __init__(self, state, **extra):
         self._state = state
+        self.extra = extra  # more checkpoint entries (a dual-BN pretraining's bn_copies)
 
     def state_dict(self):
         return self._state
+
+
+def adv_copy(model: nn.Module) -> _Exported:
+    """A dual-BN model as a plain one with its adversarial BN copy (RSB's AFF evaluates and
+    saves that copy: `cvt_state_dict_AFF`)."""
+    return _Exported(single_bn_state(model.state_dict(), "adv"))
 
 
 # ------------------------------------------------------------------ the task
@@ -229,18 +296,14 @@ class Contrastive(Task):
         hit = logits.view(n, 2, 2 * n).argmax(-1) == (2 * targets[:, None] + 1 - torch.arange(2, device=targets.device))
         return hit.float().mean(1)
 
-    @contextlib.contextmanager
     def adversarial(self, model):
         """Forward passes inside are of adversarial views: dual BN uses its adversarial copy."""
-        duals = [m for m in model.modules() if isinstance(m, DualBatchNorm)]
-        for m in duals:
-            m.route_adv = True
-        try:
-            yield
-        finally:
-            for m in duals:
-                m.route_adv = False
+        return bn_route(model, "adv")
 
     def export(self, model):
-        """The trunk with one BN per layer (`finetune_bn`'s copy), as a plain ResNet's keys."""
-        return _Exported(single_bn_state(model.state_dict(), self.finetune_bn)) if self.dual_bn else model
+        """The trunk with one BN per layer (`finetune_bn`'s copy), as a plain ResNet's keys,
+        and both copies' BN tensors (`bn_copies`) for a dual-BN fine-tuning."""
+        if not self.dual_bn:
+            return model
+        state = model.state_dict()
+        return _Exported(single_bn_state(state, self.finetune_bn), bn_copies=bn_copies(state))
