@@ -127,12 +127,39 @@ def _html(df: pd.DataFrame, caption: str) -> str:
     return f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><style>{style}</style></head><body>\n{table}\n</body></html>\n"
 
 
+# The CSV keeps the decimals its table shows: `fmt`'s two, except the columns below (a
+# column's _std, _ci95, _lo and _hi follow it). p-values keep every digit: they span hundreds
+# of orders of magnitude and the claims are decided on them.
+CSV_DECIMALS = {"pretrain_hours": 3}
+CSV_EXACT = {"p_value"}
+
+
+def csv_decimals(column: str) -> int | None:
+    """The decimals of a CSV column (None: not rounded)."""
+    base = str(column)
+    for suffix in ("_std", "_ci95", "_lo", "_hi"):
+        base = base.removesuffix(suffix)
+    return None if base in CSV_EXACT else CSV_DECIMALS.get(base, 2)
+
+
+def rounded(df: pd.DataFrame) -> pd.DataFrame:
+    """The float columns rounded to the decimals the table shows, so that the CSV says 29.0
+    where a float32 mean came out as 28.999999 (integer and text columns are left alone)."""
+    out = df.copy()
+    for c in out.columns:
+        if pd.api.types.is_float_dtype(out[c]) and csv_decimals(c) is not None:
+            out[c] = out[c].round(csv_decimals(c))
+    return out
+
+
 def write_table(display: pd.DataFrame, csv_df: pd.DataFrame, prefix, caption: str, config_hash: str):
     """`display` (formatted strings) goes to .md, .tex and .html (for the report);
-    `csv_df` (numbers) to .csv. Every caption ends with the hash of the config that
-    made the results, so a table says which run it shows. Returns `csv_df`."""
+    `csv_df` (numbers, rounded as the table shows them) to .csv. Every caption ends with
+    the hash of the config that made the results, so a table says which run it shows.
+    Returns `csv_df` as written."""
     prefix = Path(prefix)
     caption = f"{caption} config {config_hash}"
+    csv_df = rounded(csv_df)
     with atomic_path(prefix.with_suffix(".csv")) as tmp:
         csv_df.to_csv(tmp, index=False)
     write_text(prefix.with_suffix(".md"), _markdown(display, caption))

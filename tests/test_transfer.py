@@ -114,7 +114,7 @@ def test_workflow_tables_4_5_6_and_figure_5(mini_run):
     for task in ("rotation", "jigsaw", "selfie"):
         test = json.loads((run / "finetune" / f"{task}-adv" / "full-adv" / "seed0" / "test.json").read_text())
         diag = t4[(t4["target"] == task) & (t4["source"] == task)]["asr"].item()
-        assert diag == pytest.approx(100 * (1 - test["ra"]), abs=1e-4)  # test.json holds a float32 mean
+        assert diag == pytest.approx(100 * (1 - test["ra"]), abs=0.006)  # a float32 mean; the CSV to two decimals
         z = load_npz(run / "transfer" / f"{task}-adv" / "full-adv" / "seed0.npz")
         own = list(z["targets"]).index(f"{task}-adv")
         assert np.array_equal(z["success"][own], ~load_npz(run / "finetune" / f"{task}-adv" / "full-adv" / "seed0"
