@@ -42,8 +42,10 @@ TABLE3_SCENARIOS = (
 # losses as eq. (3) does and carries the update's sign of α·g; the log-det in closed form;
 # corruptions 2 (the CIFAR-10-C suite's jobs only): generated glass blur copies pixels as the
 # released files do, not swaps them.
+# contrastive 2 (the successors' pretrainings only): ColorJitter's four ops in a fresh order per
+# image, as torchvision's, and the checkpoint keeps both BN copies (bn_copies) for dual-BN AFF.
 REVISION = {"data": 1, "pgd": 1, "rotation": 1, "jigsaw": 2, "selfie": 1, "train": 2, "evaluate": 2, "ensemble": 2,
-            "corruptions": 2}
+            "corruptions": 2, "contrastive": 2}
 
 # Grammar of path segments, derived from TASKS (the one list of task names).
 TASK_RE = "|".join(TASKS)
@@ -72,9 +74,11 @@ SRC_RE += "|" + ENSEMBLE_PT_RE
 # Kept out of TASKS, so that Table 3's sweep over the 2020 tasks does not grow; the config
 # section `robust_ssl` trains them. 'acl' is ACL's dual-stream (DS) variant with dual BN,
 # the one the ACL paper reports best; 'dynacl' adds DynACL's annealed schedule to it.
+# Crops are resized bicubic in ACL's train_simCLR.py (SimCLR, ACL: RandomResizedCrop(...,
+# interpolation=3)), bilinear in DynACL's train_DynACL.py (torchvision's default).
 CONTRASTIVE = {
-    "simclr": {"p": "P2", "objective": {"kind": "standard"}, "pretext": {}},
-    "acl": {"p": "P3", "objective": {"kind": "acl"}, "pretext": {"dual_bn": True}},
+    "simclr": {"p": "P2", "objective": {"kind": "standard"}, "pretext": {"interpolation": "bicubic"}},
+    "acl": {"p": "P3", "objective": {"kind": "acl"}, "pretext": {"dual_bn": True, "interpolation": "bicubic"}},
     "dynacl": {"p": "P3", "objective": {"kind": "acl"}, "pretext": {"dual_bn": True, "schedule": "dynacl"}},
 }
 CONTRASTIVE_LABEL = {"simclr": "SimCLR", "acl": "ACL (DS)", "dynacl": "DynACL"}
@@ -276,7 +280,84 @@ def contrastive_spec(method: str, options: dict | None = None) -> dict:
         raise ValueError(f"unknown contrastive method {method!r}; choose from {sorted(CONTRASTIVE)}")
     m = CONTRASTIVE[method]
     return {"task": "contrastive", "pretext": {"contrastive": {**(options or {}), **m["pretext"]}},
-            "objective": dict(m["objective"]), "eval_ra": m["p"] == "P3", "augment": False}
+            "objective": dict(m["objective"]), "eval_ra": m["p"] == "P3", "augment": False,
+            "weight_init": "kaiming_fan_out"}  # ACL's and DynACL's ResNets (models/resnet_multi_bn.py)
+
+
+# ------------------------------------------------------------ fine-tuning settings
+# A fine-tuning's settings, by the config's names: the `finetune` section's for every model,
+# with the successors' per-mode (`robust_ssl.modes.<F>`) and per-method
+# (`robust_ssl.method_modes.<method>.<F>`) settings over them (`finetune_settings`), turned
+# into job-spec keys by one function (`finetune_spec_keys`) for every fine-tuning job.
+#   objective      madry (PGD cross-entropy AT) | trades, for the adversarial modes F2/F4
+#   trades_beta, trades_start_std   TRADES' β and its start's noise (0.001 TRADES/ACL, 0 RSB)
+#   epochs, batch_size, augment, optim (merged key by key over the base), val_max
+#   bn             single | dual: dual-BN fine-tuning from a dual-BN pretraining (RSB's AFF)
+#   data           split (45k fit / 5k validation) | all (every training image, RSB)
+#   select         best (validation RA, or TA for F1/F3) | last (the last epoch, RSB)
+#   head_init      default | zero (RSB and DynACL zero the linear head)
+#   bn_mode_when_crafting   the attack's BN mode in this stage (over threat's)
+FT_SETTINGS = ("objective", "trades_beta", "trades_start_std", "epochs", "batch_size", "augment", "optim",
+               "val_max", "bn", "data", "select", "head_init", "bn_mode_when_crafting")
+FT_CHOICES = {"objective": ("madry", "trades"), "bn": ("single", "dual"), "data": ("split", "all"),
+              "select": ("best", "last"), "head_init": ("default", "zero"),
+              "bn_mode_when_crafting": ("train", "eval")}
+
+
+def finetune_settings(finetune: dict, robust_ssl: dict | None = None, method: str | None = None,
+                      f: str | None = None) -> dict:
+    """The settings of one fine-tuning: the finetune section's, then robust_ssl.modes.<f>, then
+    robust_ssl.method_modes.<method>.<f> over them (`optim` merged key by key, so a layer can
+    change the milestones alone). Without robust_ssl, the finetune section's."""
+    out = {k: v for k, v in finetune.items() if k in FT_SETTINGS}
+    rs = robust_ssl or {}
+    for layer in (rs.get("modes", {}).get(f, {}), rs.get("method_modes", {}).get(method, {}).get(f, {})):
+        for k, v in layer.items():
+            if k not in FT_SETTINGS:
+                raise ValueError(f"unknown fine-tuning setting {k!r}; choose from {FT_SETTINGS}")
+            out[k] = {**out.get(k, {}), **v} if k == "optim" else v
+    for k, allowed in FT_CHOICES.items():
+        if out.get(k, allowed[0]) not in allowed:
+            raise ValueError(f"fine-tuning setting {k} must be one of {allowed}, not {out[k]!r}")
+    if out.get("data") == "all" and out.get("select") != "last":
+        raise ValueError("fine-tuning setting data 'all' trains on the validation images: it needs select 'last'")
+    return out
+
+
+def finetune_spec_keys(settings: dict, adv: bool) -> dict:
+    """The job-spec keys of fine-tuning `settings` for an adversarial (F2/F4) or standard mode.
+    Settings at their defaults add no key, so the specs (and hashes) of configs that do not
+    use them stay as they were."""
+    if not adv:
+        objective = {"kind": "standard"}
+    elif settings.get("objective", "madry") == "madry":
+        objective = {"kind": "adversarial", "mix": "adv"}
+    else:
+        objective = {"kind": "trades", "trades_beta": settings.get("trades_beta", 6.0)}
+        if "trades_start_std" in settings:
+            objective["start_std"] = settings["trades_start_std"]
+    keys = {"objective": objective, "epochs": settings["epochs"], "batch_size": settings["batch_size"],
+            "augment": settings.get("augment", True), "optim": settings["optim"], "val_max": settings.get("val_max"),
+            "select_by": "last" if settings.get("select") == "last" else "val_ra" if adv else "val_ta"}
+    for key, spec_key, value in (("data", "train_data", "all"), ("bn", "dual_bn", True), ("head_init", "head_init", "zero")):
+        if settings.get(key) == (value if key != "bn" else "dual"):
+            keys[spec_key] = value
+    return keys
+
+
+def stage_threat(threat: dict, section: dict) -> dict:
+    """The threat model of one stage: `threat`, with the section's own bn_mode_when_crafting
+    where it sets one (the 2020 tasks' P3 crafts in train mode, as the paper's code; TRADES
+    and ACL craft in eval mode)."""
+    mode = section.get("bn_mode_when_crafting")
+    return {**threat, "bn_mode_when_crafting": mode} if mode else threat
+
+
+def data_selection(spec: dict) -> str:
+    """A fine-tuning job's data and selection in words, from its spec (the tables' column)."""
+    data = "all training images" if spec.get("train_data") == "all" else "fit split"
+    sel = {"last": "last epoch", "val_ra": "best val. RA", "val_ta": "best val. TA"}.get(spec.get("select_by"), "?")
+    return f"{data}, {sel}"
 
 
 def parse_pt(pt: str) -> tuple[str, str]:

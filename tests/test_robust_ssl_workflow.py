@@ -30,6 +30,13 @@ def _specs(out, command):
     return [json.loads(a[a.index("--spec") + 1]) for a in found]
 
 
+def _finetune_specs(out):
+    """{(src, ft): spec} of every fine-tuning in a dry run (src and ft read from --out-model)."""
+    key = "python -m advss finetune "
+    found = [shlex.split(line[line.index(key):]) for line in out.splitlines() if key in line]
+    return {tuple(a[a.index("--out-model") + 1].split("/")[3:5]): json.loads(a[a.index("--spec") + 1]) for a in found}
+
+
 def test_robust_ssl_config_lists_the_successors_jobs(tmp_path):
     cfg = yaml.safe_load((ROOT / "config" / "robust-ssl.yaml").read_text())
     out, jobs = _dry(["-s", str(SNAKEFILE), "-d", str(tmp_path), "--configfile", str(ROOT / "config" / "robust-ssl.yaml")],
@@ -47,11 +54,40 @@ def test_robust_ssl_config_lists_the_successors_jobs(tmp_path):
     kinds = sorted((s["objective"]["kind"], s["pretext"]["contrastive"].get("dual_bn", False),
                     s["pretext"]["contrastive"].get("schedule", "constant")) for s in contrastive)
     assert kinds == [("acl", True, "constant"), ("acl", True, "dynacl"), ("standard", False, "constant")]
-    fts = _specs(out, "finetune")
-    aff = [s for s in fts if not s["partial"] and s["select_by"] == "val_ra"]
-    assert aff and all(s["objective"]["kind"] == "trades" and s["epochs"] == 100 and s["batch_size"] == 128 for s in aff)
-    slf = [s for s in fts if s["partial"]]  # SLF/ALF exist for the contrastive models only, with their own settings
-    assert len(slf) == 2 * len(methods) and all(s["epochs"] == 25 and s["optim"]["lr"] == 0.01 for s in slf)
+    # the 2020 tasks' P3 crafts in train mode (the paper's code); ACL's and DynACL's pretraining in eval mode
+    tasks_p3 = [s for s in _specs(out, "pretrain") if s["task"] != "contrastive"]
+    assert len(tasks_p3) == len(tasks) and all(s["threat"]["bn_mode_when_crafting"] == "train" for s in tasks_p3)
+    assert all(s["threat"]["bn_mode_when_crafting"] == "eval" for s in contrastive if s["objective"]["kind"] == "acl")
+    assert all(s["weight_init"] == "kaiming_fan_out" for s in contrastive)  # ACL's and DynACL's ResNet init
+    fts = _finetune_specs(out)
+    # the 2020 tasks' (P3,F4): single-BN TRADES AFF on the 45k/5k split, best validation RA
+    for t in tasks:
+        s = fts[(f"{t}-adv", "full-adv")]
+        assert s["objective"]["kind"] == "trades" and s["epochs"] == 100 and s["batch_size"] == 128
+        assert s["select_by"] == "val_ra" and "train_data" not in s and not s.get("dual_bn")
+    # the RSB rows: all 50k training images, the last epoch, the head zeroed, in every mode
+    for m in methods:
+        for f in modes:
+            s = fts[(m, {"F1": "partial-std", "F2": "partial-adv", "F4": "full-adv"}[f])]
+            assert s["train_data"] == "all" and s["select_by"] == "last" and s["head_init"] == "zero", (m, f)
+        slf, alf = fts[(m, "partial-std")], fts[(m, "partial-adv")]
+        for s in (slf, alf):  # RSB's SLF/ALF: lr 0.01, batch 512, 25 epochs, milestones 10,20
+            assert s["partial"] and s["epochs"] == 25 and s["batch_size"] == 512 and s["optim"]["lr"] == 0.01
+            assert s["optim"]["milestones"] == [10, 20]
+        assert slf["objective"] == {"kind": "standard"}
+        # ALF is PGD-10 cross-entropy AT crafted in eval mode, not TRADES
+        assert alf["objective"] == {"kind": "adversarial", "mix": "adv"} and alf["threat"]["train_steps"] == 10
+        assert alf["threat"]["bn_mode_when_crafting"] == "eval"
+    aff = {m: fts[(m, "full-adv")] for m in methods}
+    for m, s in aff.items():
+        assert s["objective"]["kind"] == "trades" and s["objective"]["trades_beta"] == 6.0 and s["batch_size"] == 128
+        assert s["optim"]["lr"] == 0.1 and s["threat"]["bn_mode_when_crafting"] == "eval"
+    # AFF is dual-BN for ACL and DynACL (RSB's trades_loss_dual, from x itself); SimCLR has one BN
+    assert aff["acl"]["dual_bn"] and aff["dynacl"]["dual_bn"] and not aff["simclr"].get("dual_bn")
+    assert aff["acl"]["objective"]["start_std"] == aff["dynacl"]["objective"]["start_std"] == 0.0
+    # DynACL's AFF: 25 epochs, milestones [15, 20]; ACL's: 100, [40, 60]
+    assert (aff["dynacl"]["epochs"], aff["dynacl"]["optim"]["milestones"]) == (25, [15, 20])
+    assert (aff["acl"]["epochs"], aff["acl"]["optim"]["milestones"]) == (100, [40, 60])
 
 
 def test_workflow_runs_as_a_module_from_a_fresh_folder(tmp_path):

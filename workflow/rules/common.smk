@@ -179,6 +179,7 @@ def task_pretrain_spec(wildcards):
     return _dump(
         {
             **_common_spec(wildcards.seed),
+            "threat": P.stage_threat(config["threat"], pc),
             "task": task,
             "pretext": {task: config["pretext"].get(task, {})},
             "objective": (
@@ -198,26 +199,23 @@ def task_pretrain_spec(wildcards):
 
 
 def finetune_spec(wildcards):
+    """A fine-tuning job: the finetune section's settings (advss.protocol.finetune_settings),
+    for a contrastive model with the successors' per-mode and per-method ones over them
+    (robust_ssl_inputs.smk), as spec keys (advss.protocol.finetune_spec_keys)."""
     partial, adv = P.parse_ft(wildcards.ft)
     fc = config["finetune"]
-    if not adv:
-        objective = {"kind": "standard"}
-    elif fc.get("objective", "madry") == "madry":
-        objective = {"kind": "adversarial", "mix": "adv"}
-    else:
-        objective = {"kind": "trades", "trades_beta": fc.get("trades_beta", 6.0)}
+    settings = (
+        robust_ssl_settings(wildcards)
+        if wildcards.src in P.CONTRASTIVE
+        else P.finetune_settings(fc)
+    )
     spec = {
         **_common_spec(wildcards.seed),
+        "threat": P.stage_threat(config["threat"], settings),
         "task": "classification",
         "partial": partial,
-        "objective": objective,
         "eval_ra": True,
-        "select_by": "val_ra" if adv else "val_ta",
-        "epochs": fc["epochs"],
-        "batch_size": fc["batch_size"],
-        "augment": fc.get("augment", True),
-        "optim": fc["optim"],
-        "val_max": fc.get("val_max"),
+        **P.finetune_spec_keys(settings, adv),
         "revision": {k: P.REVISION[k] for k in ("pgd", "train")},
     }
     if (
@@ -235,10 +233,6 @@ def finetune_spec(wildcards):
         spec.update(
             epochs=epochs, optim=P.scaled_optim(fc["optim"], epochs, fc["epochs"])
         )
-    if (
-        wildcards.src in P.CONTRASTIVE
-    ):  # the successors' own settings per mode (robust_ssl_inputs.smk)
-        spec = robust_ssl_finetune(spec, wildcards.ft)
     return _dump(spec)
 
 

@@ -14,6 +14,7 @@ def contrastive_pretrain_spec(wildcards):
     """The one training loop on the 'contrastive' task: the method's objective and options
     (advss.protocol.contrastive_spec) with the section's epochs, batch and optimiser."""
     common = _common_spec(wildcards.seed)
+    common["threat"] = P.stage_threat(common["threat"], RSSL)  # ACL crafts in eval mode
     if RSSL.get("train_steps"):  # the pretraining attack's own steps (ACL, DynACL: 5)
         common["threat"] = {**common["threat"], "train_steps": RSSL["train_steps"]}
     return _dump(
@@ -25,7 +26,7 @@ def contrastive_pretrain_spec(wildcards):
             "epochs": RSSL["epochs"],
             "batch_size": RSSL["batch_size"],
             "optim": RSSL["optim"],
-            "revision": {k: P.REVISION[k] for k in ("pgd", "train")},
+            "revision": {k: P.REVISION[k] for k in ("pgd", "train", "contrastive")},
         }
     )
 
@@ -38,10 +39,16 @@ def contrastive_runtime(wildcards, attempt):
     return int(30 + per_epoch * RSSL["epochs"] * attempt)
 
 
-def robust_ssl_finetune(spec, ft):
-    """A contrastive model's fine-tuning: the finetune section's, with `robust_ssl.modes.<F>`
-    over it (epochs, batch, optimiser: RobustSSL_Benchmark's own SLF/ALF settings)."""
-    return {**spec, **RSSL.get("modes", {}).get(P.FT_TO_F[ft], {})}
+def robust_ssl_settings(wildcards):
+    """A contrastive model's fine-tuning settings: the finetune section's, with
+    robust_ssl.modes.<F> and robust_ssl.method_modes.<method>.<F> over them
+    (advss.protocol.finetune_settings): RSB's SLF, ALF and AFF per method."""
+    try:
+        return P.finetune_settings(
+            config["finetune"], RSSL, wildcards.src, P.FT_TO_F[wildcards.ft]
+        )
+    except ValueError as e:
+        raise WorkflowError(f"invalid config ({_config_files()}), robust_ssl: {e}")
 
 
 def robust_ssl_jobs():
