@@ -50,7 +50,7 @@ def test_augmentation_parameters_are_drawn_per_image_and_per_view():
     n = 64
     p = draw_params(n, torch.Generator().manual_seed(0), "cpu")
     for k, v in p.items():
-        assert v.shape == (n,), k
+        assert v.shape == ((n, 4) if k == "order" else (n,)), k
     for k in ("w", "h", "cx", "brightness", "hue"):
         assert len(set(p[k].tolist())) > n // 2, k  # not one value for the batch
     for k, rate in (("flip", 0.5), ("jitter", 0.8), ("gray", 0.2)):
@@ -63,6 +63,45 @@ def test_augmentation_parameters_are_drawn_per_image_and_per_view():
     assert views.shape == (n, 2, 3, 32, 32) and torch.equal(targets, torch.arange(n))
     assert not torch.allclose(views[0, 0], views[1, 0]) and not torch.allclose(views[0, 0], views[0, 1])
     assert views.min() >= 0 and views.max() <= 1
+
+
+def test_jitter_order_is_drawn_per_image_and_applied_in_that_order():
+    """torchvision's ColorJitter shuffles its four ops on every call: each image gets its own
+    permutation (all 24 appear), and the view is the ops composed in that image's order."""
+    from advss.pretext.contrastive import JITTER_OPS, _jitter_op
+
+    n = 512
+    p = draw_params(n, torch.Generator().manual_seed(0), "cpu")
+    assert torch.equal(p["order"].sort(1).values, torch.arange(4).expand(n, 4))  # permutations
+    assert len({tuple(r) for r in p["order"].tolist()}) == 24
+    x = _images(8)
+    p = {k: v[:8] for k, v in p.items()}
+    p.update(w=torch.ones(8), h=torch.ones(8), cx=torch.zeros(8), cy=torch.zeros(8),
+             flip=torch.zeros(8, dtype=torch.bool), jitter=torch.ones(8, dtype=torch.bool),
+             gray=torch.zeros(8, dtype=torch.bool))
+    out = apply_params(x, p)
+    for i in range(8):
+        j = x[i:i + 1]
+        for k in p["order"][i].tolist():
+            name = JITTER_OPS[k]
+            j = _jitter_op(j, name, p[name][i:i + 1] if name == "hue" else p[name][i].view(1, 1, 1, 1))
+        torch.testing.assert_close(out[i:i + 1], j, atol=1e-4, rtol=0)
+    fixed = {**p, "order": torch.arange(4).expand(8, 4)}
+    assert not torch.allclose(apply_params(x, fixed), out, atol=1e-3)  # the order matters
+
+
+def test_bicubic_crop_resamples_within_range():
+    """ACL resizes its crops bicubic (interpolation=3): a zoomed crop differs from the bilinear one
+    and, clipped as PIL's 8-bit result, stays in [0,1]; the whole image is kept either way."""
+    x = _images(4)
+    p = draw_params(4, torch.Generator().manual_seed(0), "cpu", strength=0.0)
+    p.update(w=torch.full((4,), 0.5), h=torch.full((4,), 0.5), flip=torch.zeros(4, dtype=torch.bool))
+    cubic, linear = apply_params(x, p, "bicubic"), apply_params(x, p, "bilinear")
+    assert not torch.allclose(cubic, linear, atol=1e-3) and cubic.min() >= 0 and cubic.max() <= 1
+    whole = {**p, "w": torch.ones(4), "h": torch.ones(4), "cx": torch.zeros(4), "cy": torch.zeros(4)}
+    torch.testing.assert_close(apply_params(x, whole, "bicubic"), x, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError):
+        apply_params(x, p, "nearest")
 
 
 def test_zero_strength_is_the_identity_and_flip_mirrors():

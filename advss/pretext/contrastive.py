@@ -18,6 +18,8 @@ Options (config `pretext.contrastive`):
   schedule     'dynacl': DynACL's annealed augmentation strength and loss weight
   reload_every DynACL's `reload_frequency` (epochs between strength changes)
   swap         DynACL's `swap_param` (λ of the adversarial weight)
+  interpolation  the crop's resampling: 'bicubic' (ACL's train_simCLR.py) or 'bilinear'
+               (DynACL's train_DynACL.py, torchvision's default)
 """
 from __future__ import annotations
 
@@ -61,7 +63,9 @@ def draw_params(n: int, gen, dev, strength: float = 1.0) -> dict:
             "flip": _u(n, gen, dev) < 0.5, "jitter": _u(n, gen, dev) < 0.8 * s,
             "brightness": 1 + 0.4 * s * (2 * _u(n, gen, dev) - 1), "contrast": 1 + 0.4 * s * (2 * _u(n, gen, dev) - 1),
             "saturation": 1 + 0.4 * s * (2 * _u(n, gen, dev) - 1), "hue": 0.1 * s * (2 * _u(n, gen, dev) - 1),
-            "gray": _u(n, gen, dev) < 0.2 * s}
+            "gray": _u(n, gen, dev) < 0.2 * s,
+            # torchvision's ColorJitter applies its four ops in a fresh random order on every call (per image)
+            "order": torch.argsort(_u((n, 4), gen, dev), dim=1)}
 
 
 def _gray(x):
@@ -78,19 +82,46 @@ def _hue(x, shift):
     return torch.einsum("ij,njhw->nihw", YIQ_INV.to(x), y).clamp(0, 1)
 
 
-def apply_params(x: torch.Tensor, p: dict) -> torch.Tensor:
-    """The view of each image x[i] that p's i-th entries describe; whole-batch tensor ops only."""
+JITTER_OPS = ("brightness", "contrast", "saturation", "hue")  # the index order of draw_params' "order"
+
+
+def _jitter_op(j, name, f):
+    """One of ColorJitter's ops with per-image factors f (shaped n×1×1×1, hue's n)."""
+    if name == "brightness":
+        return (j * f).clamp(0, 1)
+    if name == "contrast":
+        m = _gray(j).mean((2, 3), keepdim=True)
+        return ((j - m) * f + m).clamp(0, 1)
+    if name == "saturation":
+        g = _gray(j)
+        return ((j - g) * f + g).clamp(0, 1)
+    return _hue(j, f)
+
+
+def apply_params(x: torch.Tensor, p: dict, interpolation: str = "bilinear") -> torch.Tensor:
+    """The view of each image x[i] that p's i-th entries describe; whole-batch tensor ops only.
+    The crop is resampled with `interpolation` ('bicubic' as ACL's RandomResizedCrop(...,
+    interpolation=3), clipped to [0,1] as PIL's 8-bit result is); the jitter applies its four
+    ops in each image's own order (p["order"]): each of the four rounds computes every op and
+    keeps, per image, the one its order names."""
+    if interpolation not in ("bilinear", "bicubic"):
+        raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', not {interpolation!r}")
     n = len(x)
     v = lambda t: t.view(n, 1, 1, 1)  # noqa: E731
     theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
     theta[:, 0, 0] = torch.where(p["flip"], -p["w"], p["w"])
     theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = p["cx"], p["h"], p["cy"]
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    j = (out * v(p["brightness"])).clamp(0, 1)
-    j = ((j - _gray(j).mean((2, 3), keepdim=True)) * v(p["contrast"]) + _gray(j).mean((2, 3), keepdim=True)).clamp(0, 1)
-    j = ((j - _gray(j)) * v(p["saturation"]) + _gray(j)).clamp(0, 1)
-    j = _hue(j, p["hue"])
+    out = F.grid_sample(x, grid, mode=interpolation, padding_mode="border", align_corners=False)
+    if interpolation == "bicubic":
+        out = out.clamp(0, 1)
+    j = out
+    for r in range(len(JITTER_OPS)):
+        pick = p["order"][:, r]
+        new = j
+        for k, name in enumerate(JITTER_OPS):
+            new = torch.where(v(pick == k), _jitter_op(j, name, p[name] if name == "hue" else v(p[name])), new)
+        j = new
     out = torch.where(v(p["jitter"]), j, out)
     return torch.where(v(p["gray"]), _gray(out).expand_as(out), out)
 
@@ -253,7 +284,10 @@ class Contrastive(Task):
 
     def __init__(self, temperature: float = 0.5, proj_dim: int | None = None, dual_bn: bool = False,
                  finetune_bn: str = "adv", schedule: str = "constant", reload_every: int = 50,
-                 swap: float = 2 / 3, state=None):
+                 swap: float = 2 / 3, interpolation: str = "bilinear", state=None):
+        if interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"pretext.contrastive.interpolation must be 'bilinear' or 'bicubic', not {interpolation!r}")
+        self.interpolation = interpolation
         if schedule not in ("constant", "dynacl"):
             raise ValueError(f"pretext.contrastive.schedule must be 'constant' or 'dynacl', not {schedule!r}")
         if finetune_bn not in ("adv", "clean"):
@@ -282,7 +316,8 @@ class Contrastive(Task):
             self.adv_weight.fill_(dynacl_adv_weight(epoch, epochs, self.reload_every, self.swap))
 
     def make_batch(self, x, y, gen):
-        views = [apply_params(x, draw_params(len(x), gen, x.device, self.strength)) for _ in range(2)]
+        views = [apply_params(x, draw_params(len(x), gen, x.device, self.strength), self.interpolation)
+                 for _ in range(2)]
         return torch.stack(views, 1), torch.arange(len(x), device=x.device)
 
     def loss(self, model, inputs, targets):
