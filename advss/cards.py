@@ -16,8 +16,8 @@ import time
 import torch
 
 from advss import data as D
-from advss.evaluate import load_classifier
 from advss.io import atomic_path, pick_device, provenance, read_json, write_json
+from advss.models import load_classifier
 
 LOAD = ('import torch\n'
         'model = torch.export.load("model.pt2").module()   # plain PyTorch: no advss needed\n'
@@ -60,7 +60,7 @@ def run(spec: dict, data_path, model_path, test_json, aa_json, out_card, out_pro
     started = time.time()
     dev = pick_device(device)
     data = D.load(data_path, "cpu")
-    model, _ = load_classifier(model_path, spec["model"], data["num_classes"], "cpu")
+    model = load_classifier(model_path, spec["model"], data["num_classes"], "cpu")
     export_program(model, torch.rand(2, *data["test"][0].shape[1:]), out_program)
     card = card_fields(spec, read_json(test_json), read_json(aa_json) if aa_json else None)
     write_json(out_card, {**card, "provenance": provenance(spec, dev, started, model=str(model_path))})

@@ -24,19 +24,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from advss import data as D
+from advss import models as M
 from advss.attacks import Threat, pgd
 from advss.fast import apply_fast, autocast, fast_settings
 from advss.io import batch_seed, generator, pick_device, provenance, save_npz, set_deterministic, write_json
-from advss.models import load_checkpoint
-from advss.pretext import build
+from advss.pretext import build_task
 
 
 # ----------------------------------------------------------------- models
 def load_classifier(path, model_cfg, num_classes, device):
-    ck = load_checkpoint(path, model_cfg)
-    model, task = build({"task": "classification", "model": model_cfg}, num_classes)
-    model.load_state_dict(ck["state_dict"])
-    return model.to(device).eval(), task
+    """advss.models.load_classifier, with the classification task the attack loops take."""
+    return M.load_classifier(path, model_cfg, num_classes, device), build_task("classification", {}, num_classes)
 
 
 def prepare_model(model, spec, dev):

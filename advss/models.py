@@ -184,6 +184,15 @@ def load_checkpoint(path, model_cfg: dict | None = None) -> dict:
     return ck
 
 
+def load_classifier(path, model_cfg: dict, num_classes: int, device="cpu") -> Model:
+    """A saved classifier (trunk + linear head), its architecture checked and every key
+    loaded strictly, in eval mode: what the jobs evaluate and what a card exports."""
+    ck = load_checkpoint(path, model_cfg)
+    model = classifier(model_cfg, num_classes)
+    model.load_state_dict(ck["state_dict"])
+    return model.to(device).eval()
+
+
 def load_trunk(model: Model, ck: dict, prefixes=("trunk.",), path="checkpoint") -> dict:
     """Copy pretrained trunk weights strictly: every transferred key must exist with
     the same shape. Returns a report of loaded / kept-at-init keys."""

@@ -30,7 +30,6 @@ from advss import protocol as P
 # defined in advss.protocol, which the workflow reads at parse time without this module
 SUITES = P.ROBUSTNESS_SUITES
 REVISION = P.ROBUSTNESS_REVISION  # bump (in protocol.py) after a bug fix in this module
-ROTAUX = P.ROTAUX  # Hendrycks et al. 2019: one-shot AT + rotation auxiliary
 SEED_STRIDE = 1000  # corruption noise seed = seed*STRIDE^2 + corruption*STRIDE + severity: distinct per cell
 EVAL_PRECISION = "fp32"  # attacks and accuracies of every suite; recorded in each result file
 

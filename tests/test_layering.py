@@ -31,7 +31,7 @@ LAYERS = [
     ["advss.attacks.autoattack"],
     ["advss.attacks.unforeseen"],
     ["advss.corruptions", "advss.objectives"],
-    ["advss.evaluate"],  # the per-batch attack loops, ensembles, checkpoint loading
+    ["advss.evaluate"],  # the per-batch attack loops, ensembles
     ["advss.train"],  # the one training loop
     ["advss.results"],  # the result-path grammar and readers
     ["advss.transfer", "advss.ensemble_eval", "advss.robustness", "advss.ablations", "advss.claims",
@@ -158,6 +158,24 @@ def test_every_module_has_a_layer():
 def test_imports_point_down(name):
     up = sorted(d for d in GRAPH[name] if rank(d) is not None and rank(d) >= rank(name))
     assert not up, f"{name} (layer {rank(name)}) imports {[(d, rank(d)) for d in up]}"
+
+
+# The modules that run models (evaluation loops, attacks, training, the robustness suites),
+# and the ones that only read what those wrote (result files, checkpoints): report code and
+# the card exporter. A reader takes what it shares with a runner from a lower module
+# (a checkpoint loader from models, a job id from protocol), never from the runner (issue 24).
+RUNNERS = {"advss.evaluate", "advss.train", "advss.transfer", "advss.ensemble_eval", "advss.robustness",
+           "advss.ablations"}
+READERS = sorted(m for m in MODULES if m == "advss.report" or m.startswith("advss.report.")) + ["advss.cards"]
+
+
+def test_runners_exist():
+    assert RUNNERS <= set(MODULES) and "advss.report.robustness" in READERS
+
+
+@pytest.mark.parametrize("name", READERS)
+def test_report_code_and_cards_import_no_runner(name):
+    assert not sorted(GRAPH[name] & RUNNERS), f"{name} imports {sorted(GRAPH[name] & RUNNERS)}"
 
 
 def readme_layers() -> list[list[str]]:

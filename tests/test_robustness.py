@@ -191,7 +191,7 @@ def fake_results(run_dir):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"suite": suite, "n": 100, **obj}))
 
-    for k, (src, ft) in enumerate(P3F4 + [R.ROTAUX]):
+    for k, (src, ft) in enumerate(P3F4 + [P.ROTAUX]):
         write(src, ft, "unforeseen", {"ta": 0.8, "acc": {"pgd_linf": {"4": 0.5 - 0.1 * k, "8": 0.3},
                                                          "snow": {"0.25": 0.6}}})
     for k, (src, ft) in enumerate([("scratch", "full-std"), ("scratch", "full-adv")]):
@@ -208,7 +208,7 @@ def fake_results(run_dir):
 def report_spec(run_dir):
     return {"run": "fake", "run_dir": str(run_dir), "tasks": list(P.TASKS), "seeds": [0], "eps": "8/255",
             "config_hash": "0" * 16, "autoattack_jobs": [["scratch", "full-std"], ["scratch", "full-adv"]],
-            "ensembles": [["jigsaw", "rotation"]], "unforeseen_jobs": [list(j) for j in P3F4 + [R.ROTAUX]],
+            "ensembles": [["jigsaw", "rotation"]], "unforeseen_jobs": [list(j) for j in P3F4 + [P.ROTAUX]],
             "corruption_jobs": [["scratch", "full-std"], ["scratch", "full-adv"]]}
 
 
@@ -236,7 +236,7 @@ def test_tables_and_figures_from_result_files(tmp_path):
     assert row["fog"] == pytest.approx(60) and row["mean"] == pytest.approx(50) and row["clean"] == pytest.approx(90)
     assert c[(c["model"] == "(P1,F4)") & (c["severity"] == "5")].iloc[0]["mean"] == pytest.approx(30)
 
-    rot = RR.per_attack_accuracy(spec, [P3F4[0], R.ROTAUX])
+    rot = RR.per_attack_accuracy(spec, [P3F4[0], P.ROTAUX])
     assert rot["(P3,F4) Rotation"] == pytest.approx({"clean": 80, "pgd_linf": 40, "snow": 60})
     assert rot["One-shot AT + rotation aux."]["pgd_linf"] == pytest.approx(100 * (0.5 - 0.3 + 0.3) / 2)
     for fig in ("figure3", "figure4"):

@@ -7,7 +7,6 @@ import pandas as pd
 from advss import protocol as P
 from advss.io import read_json
 from advss.results import ensemble_path, eval_results
-from advss.robustness import ROTAUX
 from advss.tables import aggregate, fmt, save_figure, write_table
 
 
@@ -147,7 +146,7 @@ def plot_unforeseen(accs: dict, title: str, prefix):
 
 def figure3(spec: dict, prefix):
     """(P3,F4)-Rotation against the one-shot rotation-auxiliary AT baseline."""
-    jobs = [(P.pretrain_id("rotation", "P3"), P.finetune_id("F4")), ROTAUX]
+    jobs = [(P.pretrain_id("rotation", "P3"), P.finetune_id("F4")), P.ROTAUX]
     plot_unforeseen(per_attack_accuracy(spec, jobs),
                     f"Figure 3 ({spec['run']}): unforeseen attacks, (P3,F4)-Rotation vs one-shot AT + rotation "
                     f"auxiliary loss", prefix)
