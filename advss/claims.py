@@ -270,7 +270,7 @@ def claims(spec) -> list[dict]:
                          "hits_a": transfer_hits(spec, s, s), "hits_b": transfer_hits(spec, s, rival),
                          "models_a": [p3f4[s]], "models_b": [p3f4[rival]],
                          "paper_diff": P.PAPER_TABLE4[s][s] - max(P.PAPER_TABLE4[t][s] for t in tasks if t != s)})
-    return rows + successor_claims(spec)
+    return rows + successor_claims(spec) + compute_claims(spec)
 
 
 def autoattack_values(spec, src) -> dict:
@@ -312,6 +312,98 @@ def successor_claims(spec) -> list[dict]:
              "paper_diff": None}]
 
 
+# ------------------------------------------------------------- the compute ladder
+NO_CONTROL = "no control at this compute"
+
+
+def compute_methods(spec) -> list[dict]:
+    """Every trained method placed on the compute scale, as {label, models, ensemble}: each
+    task's (P3,F4), the ensemble pretraining's F4 (Figure 1's extra point), the successors'
+    AFF and the ensemble of the fine-tuned (P3,F4) models (its members' budgets summed)."""
+    out = []
+    if ["P3", "F4"] in [list(s) for s in spec["scenarios"]]:
+        out += [{"label": f"(P3,F4) {P.TASK_LABEL[t]}", "models": [(P.pretrain_id(t, "P3"), "full-adv")]}
+                for t in spec["tasks"]]
+    out += [{"label": f"{label} (F4)", "models": [(src, "full-adv")]} for label, src in spec.get("extra_points", [])]
+    if "F4" in spec.get("robust_ssl_finetune", ["F4"]):
+        out += [{"label": f"{P.CONTRASTIVE_LABEL[m]} ({P.CONTRASTIVE[m]['p']},AFF)", "models": [(m, "full-adv")]}
+                for m in spec.get("robust_ssl_methods", [])]
+    star = spec.get("ensemble_star")
+    if star:
+        members = star.split("+")
+        out.append({"label": f"Ensemble of (P3,F4) {'+'.join(P.TASK_LABEL[t] for t in members)}",
+                    "models": [(P.pretrain_id(t, "P3"), "full-adv") for t in members], "ensemble": star})
+    return [{"ensemble": None, **m} for m in out]
+
+
+def method_passes(spec, models) -> dict:
+    """{seed: passes per training image} of a method (its models summed, pretraining included)."""
+    return {s: sum(training_passes(spec["run_dir"], src, ft, s) for src, ft in models) for s in spec["seeds"]}
+
+
+def method_values(spec, m, key) -> dict:
+    """Per-seed TA, PGD RA or AutoAttack RA ('ta', 'ra', 'ra_aa'; %) of a compute method."""
+    if not m["ensemble"]:
+        return model_values(spec, *m["models"][0], key)
+    if key != "ra_aa":
+        return _per_seed(spec, lambda s: 100 * read_json(ensemble_dir(spec["run_dir"], m["ensemble"]) / f"seed{s}.json")[key])
+    from advss.results import autoattack_ensemble_column
+
+    return _per_seed(spec, lambda s: autoattack_ensemble_column(spec["run_dir"], m["ensemble"], s) or float("nan"))
+
+
+def _mean_finite(values: dict) -> float:
+    v = [x for x in values.values() if not math.isnan(x)]
+    return statistics.fmean(v) if len(v) == len(values) and v else float("nan")
+
+
+def ladder_budgets(spec) -> list[tuple[float, str]]:
+    """(mean passes per training image over seeds, fine-tuning id) of each rung of the (P1,F4)
+    ladder (spec["ladder"]), cheapest first: the budgets are passes from the runs' meta.json
+    (their objective and the epochs they ran), not the epochs in their ids. Rungs whose
+    meta.json is missing are left out."""
+    rungs = [(_mean_finite(method_passes(spec, [("scratch", ft)])), ft) for ft in spec.get("ladder", [])]
+    return sorted(r for r in rungs if not math.isnan(r[0]))
+
+
+def control_rung(spec, passes: float):
+    """(passes, ft) of the method's compute-matched control: the cheapest rung of the ladder
+    with at least the method's passes per image; None where the ladder stops below them.
+    Nearest at or above, not interpolation: the control is a trained model (paired by seed
+    and per example, so the McNemar and t tests apply), it never has less compute than the
+    method, and RA against compute is neither linear nor monotone (robust overfitting), so an
+    interpolated RA would be no model's. The budget ratio beside each claim says how much
+    more the rung had."""
+    return next(((b, ft) for b, ft in ladder_budgets(spec) if b >= passes * (1 - 1e-9)), None)
+
+
+def compute_claims(spec) -> list[dict]:
+    """'X's RA ≥ (P1,F4) at the same compute' for every compute method, against its control
+    rung; "no control at this compute" where the ladder stops below the method's budget."""
+    if not spec.get("ladder"):
+        return []
+    rows, top = [], max((b for b, _ in ladder_budgets(spec)), default=float("nan"))
+    for m in compute_methods(spec):
+        a = method_values(spec, m, "ra")
+        passes = _mean_finite(method_passes(spec, m["models"]))
+        row = {"claim": "RA ≥ (P1,F4) RA at the same compute (passes per image)", "relation": ">=", "a": a,
+               "models_a": m["models"], "paper_diff": None,
+               "hits_a": ensemble_hits(spec, m["ensemble"].split("+")) if m["ensemble"] else model_hits(spec, *m["models"][0])}
+        rung = control_rung(spec, passes) if not math.isnan(passes) else None
+        if rung:
+            ft = rung[1]
+            rows.append({**row, "task": f"{m['label']} vs {P.model_label('scratch', ft)}",
+                         "b": model_values(spec, "scratch", ft, "ra"), "hits_b": model_hits(spec, "scratch", ft),
+                         "models_b": [("scratch", ft)]})
+        elif a:  # results, but no rung at or above them
+            why = (f"its budget is not on the pass scale" if math.isnan(passes) else
+                   f"{passes:g} passes per image; the ladder tops at {top:g}")
+            rows.append({**row, "task": m["label"], "b": {}, "models_b": [], "no_control": why})
+        else:
+            rows.append({**row, "task": m["label"], "b": {}, "models_b": []})
+    return rows
+
+
 # ------------------------------------------------------------- budgets and convergence
 def budget_ratio(spec, c) -> float:
     """Training compute of side A over side B, in forward+backward passes per training image
@@ -321,7 +413,7 @@ def budget_ratio(spec, c) -> float:
         return statistics.fmean(sum(training_passes(spec["run_dir"], src, ft, s) for src, ft in models)
                                 for s in spec["seeds"])
 
-    return side(c["models_a"]) / side(c["models_b"]) if c.get("models_a") else float("nan")
+    return side(c["models_a"]) / side(c["models_b"]) if c.get("models_a") and c.get("models_b") else float("nan")
 
 
 def unconverged(spec, models) -> list[str]:
@@ -368,6 +460,10 @@ def claims_frame(spec) -> pd.DataFrame:
     rows, every = [], []
     for c in claims(spec):
         v = {**paired_verdict(c["a"], c["b"], c["relation"]), **PER_EXAMPLE}
+        if c.get("no_control"):  # the ladder stops below the method's budget: nothing to compare with
+            rows.append({"claim": c["claim"], "task": c["task"], "relation": c["relation"], **v, "verdict": NO_CONTROL,
+                         "note": c["no_control"], "budget_ratio": float("nan"), "paper_diff": None})
+            continue
         if v["n_seeds"] > 1:
             v["test"] = T_SEEDS
         elif v["n_seeds"] == 1:

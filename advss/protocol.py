@@ -212,6 +212,23 @@ def matched_baselines(cfg: dict) -> dict:
             for t in cfg["pretrain"]["tasks"]}
 
 
+def ladder(cfg: dict) -> list[str]:
+    """The (P1,F4) compute ladder, cheapest rung first: fine-tuning ids from scratch for the
+    plain (P1,F4) (finetune.epochs, the paper's AT budget), each matched baseline's epochs and
+    each of finetune.ladder's epochs ('full-adv-ep<N>', milestones scaled by `scaled_optim`).
+    Its budgets are compared in passes per image (`passes_per_image` × epochs, read from the
+    runs' meta.json by advss.claims), not in epochs. [] when neither is on."""
+    fc = cfg["finetune"]
+    rungs = [int(n) for n in fc.get("ladder") or []]
+    if any(n < 1 for n in rungs):
+        raise ValueError(f"finetune.ladder must list positive epoch counts, not {fc['ladder']!r}")
+    epochs = set(rungs) | {ft_epochs(ft) for ft in matched_baselines(cfg).values()}
+    if not epochs:
+        return []
+    base = int(fc["epochs"])
+    return ["full-adv" if n == base else f"full-adv-ep{n}" for n in sorted(epochs | {base})]
+
+
 def matched_label(ft: str) -> str:
     """Table 3's scenario label and Figure 1's point of a matched baseline."""
     return f"(P1,F4), {ft_epochs(ft)} epochs"

@@ -55,6 +55,7 @@ def test_one_matched_job_per_distinct_budget_with_its_scaled_spec(tmp_path):
     for feature in ("ablations", "robustness", "ensemble", "transfer"):
         cfg.pop(feature)
     cfg["pretrain"]["epochs"] = {"rotation": 3, "jigsaw": 3, "selfie": 5}
+    cfg["finetune"].pop("ladder")  # the matched rungs only
     path = tmp_path / "budgets.yaml"
     path.write_text(yaml.safe_dump(cfg))
     p = snakemake("-n", "all_tables", "--configfile", path, cwd=tmp_path)
@@ -191,3 +192,51 @@ def test_table3_lists_the_matched_rows_in_the_tasks_order():
     assert [(r[0], r[1]) for r in table3_jobs(spec)] == [
         ("(P1,F4)", "rotation"), ("(P1,F4)", "jigsaw"), ("(P1,F4), 20 epochs", "rotation"),
         ("(P1,F4), 20 epochs", "jigsaw"), ("(P3,F4)", "rotation"), ("(P3,F4)", "jigsaw")]
+
+
+# ------------------------------------------------------------- the compute ladder (issue 25, item 3)
+def test_ladder_ids_are_the_plain_matched_and_configured_epochs():
+    cfg = {"pretrain": {"tasks": list(TASKS), "epochs": PT_EPOCHS},
+           "finetune": {"scenarios": [["P1", "F4"], ["P3", "F4"]], "epochs": FT_EPOCHS, "ladder": [30, 10, 5]}}
+    # the plain (P1,F4) (finetune.epochs) is the bottom rung, the matched budgets join, duplicates once
+    assert P.ladder(cfg) == ["full-adv", "full-adv-ep10", "full-adv-ep15", "full-adv-ep30"]
+    assert P.ladder({**cfg, "finetune": {**cfg["finetune"], "ladder": [], "matched_baseline": False}}) == []
+    with pytest.raises(ValueError, match="positive"):
+        P.ladder({**cfg, "finetune": {**cfg["finetune"], "ladder": [0]}})
+
+
+def ladder_folder(run_dir):
+    """results_folder plus a 12-epoch rung (48 passes): (P3,F4) Rotation costs 45 passes, more than
+    the 10-epoch rung (40) that matching in epochs would pick; Selfie's 70 is above the top (60)."""
+    spec = results_folder(run_dir)
+    for s in SEEDS:
+        d = results.finetune_dir(run_dir, "scratch", "full-adv-ep12", s)
+        write_json(d / "test.json", {"ta": 0.8, "ra": 0.41})
+        meta(d, adv_spec(12), 10, 12)
+    return {**spec, "ladder": ["full-adv", "full-adv-ep10", "full-adv-ep12", "full-adv-ep15"]}
+
+
+def test_the_ladders_budgets_are_in_passes_and_each_method_gets_the_rung_at_or_above(tmp_path):
+    spec = ladder_folder(tmp_path)
+    assert C.ladder_budgets(spec) == [(20, "full-adv"), (40, "full-adv-ep10"), (48, "full-adv-ep12"),
+                                      (60, "full-adv-ep15")]
+    assert C.control_rung(spec, 45) == (48, "full-adv-ep12") and C.control_rung(spec, 40) == (40, "full-adv-ep10")
+    assert C.control_rung(spec, 61) is None
+    rows = {r["task"]: r for r in C.compute_claims(spec)}
+    assert set(rows) == {"(P3,F4) Rotation vs (P1,F4), 12 epochs", "(P3,F4) Jigsaw vs (P1,F4), 12 epochs",
+                         "(P3,F4) Selfie", "Ensemble of (P3,F4) Jigsaw+Rotation+Selfie"}
+
+
+def test_a_method_above_the_ladders_top_reads_no_control_at_this_compute(tmp_path):
+    spec = ladder_folder(tmp_path)
+    report_claims.table_claims(spec, tmp_path / "claims")
+    df = pd.read_csv(tmp_path / "claims.csv")
+    df = df[df["claim"] == "RA ≥ (P1,F4) RA at the same compute (passes per image)"].set_index("task")
+    selfie = df.loc["(P3,F4) Selfie"]
+    assert selfie["verdict"] == C.NO_CONTROL and "70 passes per image; the ladder tops at 60" in selfie["note"]
+    assert pd.isna(selfie["diff_mean"]) and pd.isna(selfie["budget_ratio"])
+    rot = df.loc["(P3,F4) Rotation vs (P1,F4), 12 epochs"]
+    # (P3,F4) 45 − noise against the rung's 41 % in every seed, at 45/48 of its passes
+    assert rot["verdict"] == C.HOLDS and rot["budget_ratio"] == pytest.approx(45 / 48, abs=0.01)
+    assert rot["diff_mean"] == pytest.approx(45 - 0.2 / 3 - 41, abs=0.01)  # the CSV keeps 2 decimals
+    assert df.loc["Ensemble of (P3,F4) Jigsaw+Rotation+Selfie", "verdict"] == C.NO_CONTROL

@@ -19,7 +19,12 @@ BUDGET = (" Budget A/B: the training compute of side A over side B's, in forward
           "image, pretraining included (PGD-K costs K passes: ST 1 per image and epoch, Madry AT K + 1, P3's clean + "
           "adversarial mean K + 2; evaluation not counted). (P1,F4, same total budget) is (P1,F4) trained for the "
           "pretraining's plus the fine-tuning's epochs, its milestones scaled: the paper compares fine-tuning epochs "
-          "only. Note: the models whose best validation epoch was their last (still improving): their epochs to "
+          "only. RA ≥ (P1,F4) RA at the same compute: each method's PGD RA against the cheapest rung of the (P1,F4) "
+          "ladder (trained for several epoch counts, milestones scaled) with at least the method's passes per image, "
+          "read from the runs' meta.json: a rung, not an interpolation, so the control is a trained model paired by "
+          "seed and per example, never given less compute than the method (Budget A/B ≤ 1 says how much more it "
+          "had); where the ladder stops below a method's budget the row reads 'no control at this compute'. "
+          "Note: the models whose best validation epoch was their last (still improving): their epochs to "
           "best are lower bounds, so an epoch verdict they could overturn reads undecided (not converged).")
 
 

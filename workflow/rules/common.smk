@@ -131,9 +131,12 @@ MATCHED = P.matched_baselines(
     config
 )  # {task: 'full-adv-ep<N>'}: the compute-matched (P1,F4), one job per budget
 MATCHED_JOBS = list(dict.fromkeys(("scratch", ft) for ft in MATCHED.values()))
-FT_JOBS = (
-    P.scenario_jobs(SCENARIOS, TASKS) + MATCHED_JOBS
-)  # unique (src, ft); P1 shared by tasks
+# the (P1,F4) compute ladder: the plain (P1,F4), the matched budgets and finetune.ladder's epochs
+LADDER = P.ladder(config)
+# unique (src, ft); P1 shared by tasks
+FT_JOBS = list(
+    dict.fromkeys(P.scenario_jobs(SCENARIOS, TASKS) + [("scratch", ft) for ft in LADDER])
+)
 PT_JOBS = P.pretrain_jobs(SCENARIOS, TASKS)
 DATA = f"results/{RUN}/data/dataset.pt"
 
@@ -260,13 +263,19 @@ def report_spec(wildcards=None):
             "config_hash": P.spec_hash(config),
             "extra_points": FIGURE1_EXTRA,
             "matched": MATCHED,
+            "ladder": LADDER,
             "ensemble_star": FIGURE1_STAR,
             "autoattack_n": (
                 (config.get("robustness") or {}).get("autoattack") or {}
             ).get("n_examples"),
             **(
-                {"robust_ssl_methods": RSSL["methods"]} if RSSL else {}
-            ),  # the successors' claim (robust_ssl_inputs.smk)
+                {
+                    "robust_ssl_methods": RSSL["methods"],
+                    "robust_ssl_finetune": RSSL["finetune"],
+                }
+                if RSSL
+                else {}
+            ),  # the successors' claims (robust_ssl_inputs.smk)
         }
     )
 
