@@ -370,6 +370,19 @@ def stage_threat(threat: dict, section: dict) -> dict:
     return {**threat, "bn_mode_when_crafting": mode} if mode else threat
 
 
+def fine_tuning_label(spec: dict) -> str:
+    """How a fine-tuning job trains, in words, from its spec: the objective (PGD-K
+    cross-entropy AT, TRADES with its β, or CE), the BN copies and the head's init."""
+    obj = spec["objective"]
+    if obj["kind"] == "adversarial":
+        text = f"PGD-{spec['threat']['train_steps']} CE AT"
+    elif obj["kind"] == "trades":
+        text = f"TRADES β={obj.get('trades_beta', 6.0):g}" + (", dual BN" if spec.get("dual_bn") else "")
+    else:
+        text = "CE"
+    return text + (", zero head" if spec.get("head_init") == "zero" else "")
+
+
 def data_selection(spec: dict) -> str:
     """A fine-tuning job's data and selection in words, from its spec (the tables' column)."""
     data = "all training images" if spec.get("train_data") == "all" else "fit split"

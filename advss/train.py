@@ -379,7 +379,7 @@ def finish(job: Job, state: LoopState, select: str, out_model, out_metrics, out_
         train_seconds=round(sum(r["seconds"] for r in state.rows), 2),  # across resumes
         best_ra=state.best_ra, best_ra_epoch=state.best_ra_epoch,
         best_ta=state.best_ta, best_ta_epoch=state.best_ta_epoch,
-        epochs_to_best=state.best_ra_epoch if select == "val_ra" else state.best_ta_epoch,
+        epochs_to_best={"val_ra": state.best_ra_epoch, "val_ta": state.best_ta_epoch}.get(select, len(state.rows)),
         transfer=job.transfer, batches_per_epoch=job.steps_per_epoch,
         # what ran, beside what was asked: a graph that fell back is recorded as graphs 'off'
         fast={**job.fast, "graphs": job.fast["graphs"] if job.runner.captured else "off"},

@@ -18,19 +18,24 @@ def _fake_run(root, seeds=(0,)):
         for s in seeds:
             d = root / "finetune" / src / ft / f"seed{s}"
             write_json(d / "test.json", {"ta": 0.5 + 0.01 * s + (0.1 if src == "acl" else 0), "ra": 0.2, "n": 64})
-            write_json(d / "meta.json", {"epochs_to_best": 3, "epochs_run": 4, "spec_hash": "x"})
+            rsb = src == "acl"  # RSB's settings for the contrastive rows, the 2020 split for the tasks'
+            job = {"objective": {"kind": "trades", "trades_beta": 6.0} if ft == "full-adv" else {"kind": "standard"},
+                   "threat": {"train_steps": 10}, "select_by": "last" if rsb else "val_ra",
+                   **({"train_data": "all", "head_init": "zero", "dual_bn": ft == "full-adv"} if rsb else {})}
+            write_json(d / "meta.json", {"epochs_to_best": 3, "epochs_run": 4, "spec_hash": "x", "spec": job})
             if ft == "full-adv":
                 write_json(d / "eval" / "autoattack.json", {"ra": AA[src]})
                 rng = np.random.default_rng(1)
                 hit = rng.random(64) < AA[src] + 0.3 * (src == "acl")
                 save_npz(d / "eval" / "autoattack.npz", y=np.arange(64) % 10, correct_adv=hit)
-            write_json(root / "pretrain" / src / f"seed{s}" / "meta.json", {"train_seconds": 7200.0})
+            write_json(root / "pretrain" / src / f"seed{s}" / "meta.json",
+                       {"train_seconds": 7200.0, "fast": {"bf16": src == "acl"}})
 
 
 def _spec(root, **over):
     return {"run": "t", "run_dir": str(root), "tasks": ["rotation", "jigsaw"], "seeds": [0], "eval_steps": 20,
             "config_hash": "h", "autoattack_n": 64, "robust_ssl_methods": ["acl"], "robust_ssl_finetune": ["F4", "F1"],
-            "finetune_objective": "trades", "arch": "resnet18", **over}
+            "arch": "resnet18", **over}
 
 
 def test_table_has_the_results_and_the_published_figures(tmp_path):
@@ -50,8 +55,13 @@ def test_table_has_the_results_and_the_published_figures(tmp_path):
     assert chen["published_aa"] == 51.56 and "RobustBench" in chen["published_source"]
     published_only = set(csv["key"][csv["model"].str.endswith("(published only)")])
     assert published_only == {"dynacl", "dynacl++", "chen2020"}  # every published figure, trained here or not
+    # each row says how it was fine-tuned and on which data, with which selection
+    assert acl["fine_tuning"] == "TRADES β=6, dual BN, zero head" and acl["data_selection"] == "all training images, last epoch"
+    assert slf["fine_tuning"] == "CE, zero head"
+    assert (rot["fine_tuning"], rot["data_selection"]) == ("TRADES β=6", "fit split, best val. RA")
     md = (tmp_path / "robust_ssl.md").read_text()
     assert "SLF = F1" in md and "AFF = F4" in md and "TRADES" in md and "DynACL++" in md
+    assert "Data, selection" in md and "bf16" in md and "@319a200" in md
 
 
 def test_successor_claim_compares_the_best_of_each_generation(tmp_path):

@@ -7,7 +7,7 @@ import pandas as pd
 
 from advss import protocol as P
 from advss.io import read_json
-from advss.results import finetune_result, pretrain_dir
+from advss.results import finetune_dir, finetune_result, pretrain_dir
 from advss.tables import aggregate, autoattack_note, drop_empty, fmt, result_columns, seeds_phrase, write_table
 
 
@@ -27,19 +27,28 @@ def pretrain_hours(run_dir, src, seed) -> float:
     return read_json(pretrain_dir(run_dir, src, seed) / "meta.json")["train_seconds"] / 3600
 
 
+def pretrain_bf16(run_dir, src, seed) -> bool:
+    """Whether a pretraining ran its steps in bf16 autocast (meta.json's fast settings)."""
+    return bool(read_json(pretrain_dir(run_dir, src, seed) / "meta.json").get("fast", {}).get("bf16"))
+
+
 def robust_ssl_frame(spec: dict) -> pd.DataFrame:
     rows = []
     for scen, label, key, src, ft in robust_ssl_jobs(spec):
         f = P.FT_TO_F[ft]
         for seed in spec["seeds"]:
+            job = read_json(finetune_dir(spec["run_dir"], src, ft, seed) / "meta.json")["spec"]
             rows.append({"scenario": scen, "successor_name": P.SUCCESSOR_FT.get(f, ""), "model": label, "key": key,
-                         "source": src, "seed": seed, **finetune_result(spec["run_dir"], src, ft, seed),
-                         "pretrain_hours": pretrain_hours(spec["run_dir"], src, seed)})
+                         "source": src, "fine_tuning": P.fine_tuning_label(job), "data_selection": P.data_selection(job),
+                         "seed": seed, **finetune_result(spec["run_dir"], src, ft, seed),
+                         "pretrain_hours": pretrain_hours(spec["run_dir"], src, seed),
+                         "pretrain_bf16": pretrain_bf16(spec["run_dir"], src, seed)})
     return pd.DataFrame(rows)
 
 
 def table_robust_ssl(spec: dict, prefix):
-    agg = aggregate(robust_ssl_frame(spec), ["scenario", "successor_name", "model", "key", "source"],
+    frame = robust_ssl_frame(spec)
+    agg = aggregate(frame, ["scenario", "successor_name", "model", "key", "source", "fine_tuning", "data_selection"],
                     ["ta", "ra", "ra_aa", "epochs", "pretrain_hours"])
     published = [P.PUBLISHED_ROBUST_SSL.get(k) if s == "(P3,F4)" else None for s, k in zip(agg["scenario"], agg["key"])]
     paper3 = [P.PAPER_TABLE3.get(k, {}).get("P3F4", (None, None, None)) for k in agg["key"]]
@@ -55,7 +64,8 @@ def table_robust_ssl(spec: dict, prefix):
     agg = pd.concat([agg, extra], ignore_index=True)
     cols = result_columns(agg)
     display = pd.DataFrame({"Scenario": [f"{s} {n}".strip() for s, n in zip(agg["scenario"], agg["successor_name"].fillna(""))],
-                            "Model": agg["model"], **cols,
+                            "Model": agg["model"], "Fine-tuning": agg["fine_tuning"].fillna(""),
+                            "Data, selection": agg["data_selection"].fillna(""), **cols,
                             "Pretraining h": [fmt(m, s, 3) for m, s in zip(agg["pretrain_hours"], agg["pretrain_hours_std"])],
                             "Published clean": [fmt(v) for v in agg["published_clean"]],
                             "Published AutoAttack": [fmt(v) for v in agg["published_aa"]],
@@ -63,14 +73,21 @@ def table_robust_ssl(spec: dict, prefix):
     aa_note = autoattack_note(display, spec.get("autoattack_n"))
     agg = drop_empty(agg)
     n = int(agg["n_seeds"].min())
-    obj = "TRADES (β as configured), as RobustSSL_Benchmark's AFF" if spec["finetune_objective"] == "trades" else \
-        "Madry PGD AT (the 2020 paper's F4; RobustSSL_Benchmark's AFF uses TRADES)"
+    bf16 = ("the pretrainings ran in bf16 autocast (meta.json), where ACL's and DynACL's code runs fp32"
+            if frame["pretrain_bf16"].any() else "the pretrainings ran in fp32, as ACL's and DynACL's code")
     caption = (f"Successors ({spec['run']}, {spec['arch']}): the 2020 pretext tasks' (P3,F4) beside the contrastive "
                f"family pretrained by the same loop: SimCLR (P2), ACL (DS, dual BN; P3), DynACL (ACL with its annealed "
                f"augmentation; P3); fine-tuning by the successors' names SLF = F1 (partial ST), ALF = F2 (partial AT), "
-               f"AFF = F4 (full AT), here with {obj}. Test TA / RA (PGD-{spec['eval_steps']}, %), epochs to best "
-               f"validation RA, the pretraining's training hours on its device (meta.json), {seeds_phrase(n)}. "
+               f"AFF = F4 (full AT). Each row's fine-tuning and its data and selection are read from the job's spec: "
+               f"the contrastive rows as RobustSSL_Benchmark @319a200 runs them (SLF: CE on the linear head; ALF: PGD-10 "
+               f"cross-entropy AT; AFF: TRADES β = 6, for ACL and DynACL with dual BN, the clean input through the clean "
+               f"BN and the adversarial one through the adversarial BN, the adversarial copy evaluated; all training "
+               f"images, the last epoch, the head zeroed); the 2020 tasks' rows TRADES on the 2020 split (45k fit / 5k "
+               f"validation) with the best validation RA. Test TA / RA (PGD-{spec['eval_steps']}, %), the epoch of the "
+               f"model kept, the pretraining's training hours on its device (meta.json), {seeds_phrase(n)}. "
                f"'Paper TA/RA': the 2020 paper's (P3,F4), ResNet-50, PGD-20; 'Published': clean and AutoAttack RA of "
                f"the published models at ε = 8/255, with their sources (other architectures and budgets: read them as "
-               f"context, not as a replication target at this config's scale).{aa_note}")
+               f"context, not as a replication target at this config's scale). Kept differences from the reference "
+               f"code: {bf16}; the augmentation runs on the device (crop by grid sampling, hue as a YIQ rotation, "
+               f"not PIL's); every fine-tuning validates each epoch (RSB: none).{aa_note}")
     return write_table(display, agg, prefix, caption, spec["config_hash"])

@@ -76,7 +76,6 @@ def robust_ssl_report_spec(wildcards=None):
             **json.loads(report_spec()),
             "robust_ssl_methods": RSSL["methods"],
             "robust_ssl_finetune": RSSL["finetune"],
-            "finetune_objective": config["finetune"].get("objective", "madry"),
             "arch": config["model"]["arch"],
         }
     )
@@ -121,9 +120,17 @@ def card_spec(wildcards):
             "dataset": config["data"]["name"],
             "model": config["model"],
             "threat": config["threat"],
-            "footnote": f"fine-tuning objective: {config['finetune'].get('objective', 'madry')}; config {P.spec_hash(config)}",
+            "footnote": f"fine-tuning: {card_fine_tuning(wildcards)}; config {P.spec_hash(config)}",
         }
     )
+
+
+def card_fine_tuning(wildcards):
+    """The card's words for how its model was fine-tuned (advss.protocol.fine_tuning_label)."""
+    settings = robust_ssl_settings(wildcards)
+    job = {"threat": P.stage_threat(config["threat"], settings)}
+    job.update(P.finetune_spec_keys(settings, P.parse_ft(wildcards.ft)[1]))
+    return f"{P.fine_tuning_label(job)}; {P.data_selection(job)}"
 
 
 def card_inputs(wildcards):
