@@ -468,12 +468,13 @@ PAPER_FIGURE1_EPOCHS = {"Ensemble fine-tune": 144, "Baseline": 99, "Ensemble pre
                         "Selfie": 50, "Jigsaw": 48, "Rotation": 46}
 # Beyond the paper (issue 20): published CIFAR-10 figures of the successors, L∞ ε = 8/255,
 # (clean %, AutoAttack %, architecture, fine-tuning, source). RobustSSL_Benchmark re-evaluates
-# the published checkpoints with AFF (TRADES) and AutoAttack; RobustBench lists this paper's
+# the published checkpoints with AFF (dual-BN TRADES for ACL/DynACL) and AutoAttack; RobustBench lists this paper's
 # ensemble of three ResNet-50s (Chen2020Adversarial), its only self-supervised entry.
+RSB_README = "RobustSSL_Benchmark's README (GodXuxilie/RobustSSL_Benchmark, its table until 3b85d40), AFF + AutoAttack"
 PUBLISHED_ROBUST_SSL = {
-    "acl": (81.25, 49.62, "ResNet-18", "AFF", "RobustSSL_Benchmark (GodXuxilie/RobustSSL_Benchmark), AFF + AutoAttack"),
-    "dynacl": (81.86, 50.52, "ResNet-18", "AFF", "RobustSSL_Benchmark (GodXuxilie/RobustSSL_Benchmark), AFF + AutoAttack"),
-    "dynacl++": (81.93, 50.34, "ResNet-18", "AFF", "RobustSSL_Benchmark (GodXuxilie/RobustSSL_Benchmark), AFF + AutoAttack"),
+    "acl": (81.25, 49.62, "ResNet-18", "AFF", RSB_README),
+    "dynacl": (81.86, 50.52, "ResNet-18", "AFF", RSB_README),
+    "dynacl++": (81.93, 50.34, "ResNet-18", "AFF", RSB_README),
     "chen2020": (86.04, 51.56, "3× ResNet-50 ensemble", "F4", "RobustBench cifar10 Linf, Chen2020Adversarial"),
 }
 PUBLISHED_LABEL = {**CONTRASTIVE_LABEL, "dynacl++": "DynACL++", "chen2020": "Chen et al. 2020 ensemble"}
