@@ -82,10 +82,11 @@ def robust_ssl_report_spec(wildcards=None):
 
 
 def model_card_jobs():
-    """The fine-tuned models that get a card: the contrastive ones, when `cards` is on."""
+    """The fine-tuned models that get a card: the contrastive ones, when `cards` is on and
+    AutoAttack scores them (RobustBench ranks cards by it: advss.cards)."""
     return (
         [(m, ft) for m, ft in robust_ssl_jobs() if m in P.CONTRASTIVE]
-        if RSSL.get("cards", True)
+        if RSSL.get("cards", True) and AA
         else []
     )
 
@@ -109,8 +110,10 @@ def successor_claim_inputs():
 
 
 def card_spec(wildcards):
-    """What a model card records besides its result files: the name, dataset, model and threat."""
+    """What a model card records besides its result files: the name, dataset, model and threat,
+    and the method's paper and published figure (robust_ssl.card_info)."""
     f = P.FT_TO_F[wildcards.ft]
+    info = RSSL.get("card_info", {}).get(wildcards.src, {})
     label = P.CONTRASTIVE_LABEL.get(wildcards.src, wildcards.src)
     p = P.CONTRASTIVE[wildcards.src]["p"] if wildcards.src in P.CONTRASTIVE else "P3"
     return _dump(
@@ -121,6 +124,8 @@ def card_spec(wildcards):
             "model": config["model"],
             "threat": config["threat"],
             "footnote": f"fine-tuning: {card_fine_tuning(wildcards)}; config {P.spec_hash(config)}",
+            **{k: info[k] for k in ("link", "authors", "venue") if k in info},
+            "reported": info.get("reported", {}).get(f),
         }
     )
 
