@@ -202,3 +202,27 @@ def test_robustbench_reads_our_card_beside_its_own(tmp_path, paper):
     assert card["reported"] == ("50.52" if paper else "") and card["link"] == paper.get("link", "")
     if paper:
         assert ("advss", spec["name"], "Rundong Luo and Yifei Wang and Yisen Wang", "ICLR", "2023") in bib
+
+
+def test_card_info_of_robust_ssl_config_is_valid_and_agrees_with_the_published_figures():
+    """config/robust-ssl.yaml's card metadata: valid under the section's schema, one entry per
+    method with link, authors and a 'Venue YEAR' venue, and AFF's reported figure equal to the
+    one the robust_ssl table prints beside it (advss.protocol.PUBLISHED_ROBUST_SSL)."""
+    import jsonschema
+    import yaml
+
+    from advss import protocol as P
+    from conftest import ROOT
+
+    section = yaml.safe_load((ROOT / "config/robust-ssl.yaml").read_text())["robust_ssl"]
+    schema = yaml.safe_load((ROOT / "workflow/schemas/robust_ssl.schema.yaml").read_text())
+    jsonschema.Draft202012Validator(schema).validate(section)
+    info = section["card_info"]
+    assert set(info) == set(section["methods"])
+    for m, card in info.items():
+        assert card["link"].startswith("https://") and card["authors"] and card["venue"].split()[-1].isdigit(), m
+    for m in ("acl", "dynacl"):
+        assert info[m]["reported"]["F4"] == P.PUBLISHED_ROBUST_SSL[m][1]
+    bad = {**section, "card_info": {"acl": {"reported": {"F4": "49.62%"}}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(schema).validate(bad)
