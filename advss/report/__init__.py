@@ -9,7 +9,7 @@ plus one entry in REGISTRY.
 from __future__ import annotations
 
 from advss.io import AdvssError
-from advss.report import ablations, claims, ensembles, finetuning, robustness, successors, transfer
+from advss.report import ablations, claims, compute, ensembles, finetuning, robustness, successors, transfer
 
 REGISTRY = {
     "table3": finetuning.table3,
@@ -29,6 +29,8 @@ REGISTRY = {
     "figure_pool": ablations.figure_pool,
     "claims": claims.table_claims,
     "robust_ssl": successors.table_robust_ssl,
+    "compute": compute.table_compute,
+    "figure_compute": compute.figure_compute,
     # --- more tables and figures register here, one line each: "name": module.function, ---
 }
 

@@ -135,7 +135,9 @@ MATCHED_JOBS = list(dict.fromkeys(("scratch", ft) for ft in MATCHED.values()))
 LADDER = P.ladder(config)
 # unique (src, ft); P1 shared by tasks
 FT_JOBS = list(
-    dict.fromkeys(P.scenario_jobs(SCENARIOS, TASKS) + [("scratch", ft) for ft in LADDER])
+    dict.fromkeys(
+        P.scenario_jobs(SCENARIOS, TASKS) + [("scratch", ft) for ft in LADDER]
+    )
 )
 PT_JOBS = P.pretrain_jobs(SCENARIOS, TASKS)
 DATA = f"results/{RUN}/data/dataset.pt"

@@ -13,6 +13,7 @@ SECTIONS = {
     "robustness": "3 Robustness beyond PGD (AutoAttack, unforeseen attacks, CIFAR-10-C)",
     "ablations": "4 Ablations (Tables 7–8, pretraining-pool size, the one-shot baseline)",
     "successors": "5 Beyond the paper: its successors (SimCLR, ACL, DynACL) under the same protocol",
+    "compute": "6 Beyond the paper: robustness against training compute",
 }
 
 
@@ -207,6 +208,24 @@ REPORTS = {
         "Successors table",
         on=bool(RSSL),
         file="robust_ssl",
+    ),
+    # every method and the (P1,F4) ladder at their passes per image (claims_inputs.smk: compute_inputs)
+    "table_compute": Result(
+        compute_report_inputs,
+        report_spec,
+        "Robustness against training compute: every method and the (P1,F4) ladder, passes per image",
+        "compute",
+        "Compute table",
+        on=bool(LADDER),
+        file="compute",
+    ),
+    "figure_compute": Result(
+        compute_report_inputs,
+        report_spec,
+        "Figure: AutoAttack RA, PGD RA and TA against passes per training image (log)",
+        "compute",
+        "Compute figure",
+        on=bool(LADDER),
     ),
 }
 
