@@ -43,9 +43,11 @@ TABLE3_SCENARIOS = (
 # corruptions 2 (the CIFAR-10-C suite's jobs only): generated glass blur copies pixels as the
 # released files do, not swaps them.
 # contrastive 2 (the successors' pretrainings only): ColorJitter's four ops in a fresh order per
-# image, as torchvision's, and the checkpoint keeps both BN copies (bn_copies) for dual-BN AFF.
+# image, as torchvision's, and the checkpoint keeps both BN copies (bn_copies) for dual-BN AFF;
+# trades 2 (TRADES fine-tunings only): the attack's clean target in the crafting BN mode, which
+# no longer moves the running statistics.
 REVISION = {"data": 1, "pgd": 1, "rotation": 1, "jigsaw": 2, "selfie": 1, "train": 2, "evaluate": 2, "ensemble": 2,
-            "corruptions": 2, "contrastive": 2}
+            "corruptions": 2, "contrastive": 2, "trades": 2}
 
 # Grammar of path segments, derived from TASKS (the one list of task names).
 TASK_RE = "|".join(TASKS)

@@ -10,6 +10,8 @@ import sys
 
 import yaml
 
+from advss import protocol as P
+
 from conftest import ROOT
 
 SNAKEFILE = ROOT / "workflow" / "Snakefile"
@@ -44,7 +46,8 @@ def test_robust_ssl_config_lists_the_successors_jobs(tmp_path):
     methods, tasks, modes = cfg["robust_ssl"]["methods"], cfg["pretrain"]["tasks"], cfg["robust_ssl"]["finetune"]
     assert jobs["pretrain"] == len(methods) + len(tasks)  # each method, and each 2020 task's P3
     assert jobs["model_card"] == len(methods) * len(modes) and jobs["table_robust_ssl"] == 1
-    assert jobs["robustness"] == len(methods) * len(modes) + len(tasks)  # AutoAttack on every row's model
+    # AutoAttack on every row's model and on each rung of the (P1,F4) compute ladder
+    assert jobs["robustness"] == len(methods) * len(modes) + len(tasks) + len(P.ladder(cfg))
     contrastive = [s for s in _specs(out, "pretrain") if s["task"] == "contrastive"]
     assert len(contrastive) == len(methods)
     for s in contrastive:
@@ -65,6 +68,7 @@ def test_robust_ssl_config_lists_the_successors_jobs(tmp_path):
         s = fts[(f"{t}-adv", "full-adv")]
         assert s["objective"]["kind"] == "trades" and s["epochs"] == 100 and s["batch_size"] == 128
         assert s["select_by"] == "val_ra" and "train_data" not in s and not s.get("dual_bn")
+        assert s["revision"]["trades"] == P.REVISION["trades"]  # the eval-mode clean target reruns TRADES jobs
     # the RSB rows: all 50k training images, the last epoch, the head zeroed, in every mode
     for m in methods:
         for f in modes:

@@ -223,6 +223,9 @@ def finetune_spec(wildcards):
         **P.finetune_spec_keys(settings, adv),
         "revision": {k: P.REVISION[k] for k in ("pgd", "train")},
     }
+    # TRADES' clean target's BN mode was fixed (advss.protocol.REVISION)
+    if spec["objective"]["kind"] == "trades":
+        spec["revision"]["trades"] = P.REVISION["trades"]
     if (
         partial and fc.get("partial_trains", "untransferred") != "untransferred"
     ):  # the default stays out: same hash
