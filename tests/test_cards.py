@@ -226,3 +226,26 @@ def test_card_info_of_robust_ssl_config_is_valid_and_agrees_with_the_published_f
     bad = {**section, "card_info": {"acl": {"reported": {"F4": "49.62%"}}}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(schema).validate(bad)
+
+
+def test_dry_run_cards_carry_the_config_metadata_and_need_autoattack(tmp_path):
+    """robust-ssl.yaml's card jobs carry each method's paper and its published figure for that
+    mode; with AutoAttack off the run makes no card (and so no card with a null accuracy)."""
+    import yaml
+
+    from conftest import ROOT
+    from test_robust_ssl_workflow import SNAKEFILE, _dry, _specs
+
+    cfg = yaml.safe_load((ROOT / "config/robust-ssl.yaml").read_text())
+    out, jobs = _dry(["-s", str(SNAKEFILE), "-d", str(tmp_path), "--configfile", str(ROOT / "config/robust-ssl.yaml")],
+                     tmp_path)
+    cards = {s["name"].split(", run")[0]: s for s in _specs(out, "card")}
+    assert len(cards) == jobs["model_card"] == 9
+    dyn = cards["advss DynACL (P3,F4) AFF"]
+    assert (dyn["venue"], dyn["reported"]) == ("ICLR 2023", 50.52) and dyn["authors"].startswith("Rundong Luo")
+    assert cards["advss ACL (DS) (P3,F1) SLF"]["reported"] == 39.17
+    assert cards["advss SimCLR (P2,F4) AFF"]["reported"] is None and cards["advss SimCLR (P2,F4) AFF"]["link"]
+    cfg["robustness"]["autoattack"]["enabled"] = False
+    (tmp_path / "noaa.yaml").write_text(yaml.safe_dump(cfg))
+    _, jobs = _dry(["-s", str(SNAKEFILE), "-d", str(tmp_path), "--configfile", str(tmp_path / "noaa.yaml")], tmp_path)
+    assert "model_card" not in jobs and "finetune" in jobs
