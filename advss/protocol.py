@@ -81,7 +81,8 @@ SRC_RE += "|" + ENSEMBLE_PT_RE
 CONTRASTIVE = {
     "simclr": {"p": "P2", "objective": {"kind": "standard"}, "pretext": {"interpolation": "bicubic"}},
     "acl": {"p": "P3", "objective": {"kind": "acl"}, "pretext": {"dual_bn": True, "interpolation": "bicubic"}},
-    "dynacl": {"p": "P3", "objective": {"kind": "acl"}, "pretext": {"dual_bn": True, "schedule": "dynacl"}},
+    "dynacl": {"p": "P3", "objective": {"kind": "acl"},  # momentum: its EMA encoder, m = 0.99 (MomentumHead)
+               "pretext": {"dual_bn": True, "schedule": "dynacl", "momentum": 0.99}},
 }
 CONTRASTIVE_LABEL = {"simclr": "SimCLR", "acl": "ACL (DS)", "dynacl": "DynACL"}
 CONTRASTIVE_RE = "|".join(CONTRASTIVE)

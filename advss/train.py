@@ -210,7 +210,8 @@ def setup(spec: dict, data_path, init=None, resume_dir=None, device="auto", log=
     if o.get("optimizer") == "lars":  # the step's LARS (advss.step._lars), with SGD's momentum buffers
         opt.param_groups[0]["lars_eta"] = float(o.get("lars_eta", 0.001))
     init_momentum(opt)
-    objective = OBJECTIVES[obj["kind"]]
+    # a task may run each step's objective inside its own work (DynACL's momentum encoder: its EMA)
+    objective = getattr(task, "wrap_objective", lambda f: f)(OBJECTIVES[obj["kind"]])
     threat_cfg = spec.get("threat")
     train_threat = Threat.from_cfg(threat_cfg, "train_steps") if threat_cfg else None
     eval_threat = Threat.from_cfg(threat_cfg, "eval_steps") if threat_cfg and spec.get("eval_ra", True) else None

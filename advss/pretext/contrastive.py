@@ -18,12 +18,14 @@ Options (config `pretext.contrastive`):
   schedule     'dynacl': DynACL's annealed augmentation strength and loss weight
   reload_every DynACL's `reload_frequency` (epochs between strength changes)
   swap         DynACL's `swap_param` (λ of the adversarial weight)
+  momentum     DynACL's momentum encoder, its EMA rate m (0.99; 0 = none): `MomentumHead`
   interpolation  the crop's resampling: 'bicubic' (ACL's train_simCLR.py) or 'bilinear'
                (DynACL's train_DynACL.py, torchvision's default)
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 
 import torch
@@ -279,12 +281,76 @@ class ProjectionHead(nn.Sequential):
                          nn.Linear(d, out_dim, bias=False), nn.BatchNorm1d(out_dim))
 
 
+class MomentumHead(nn.Module):
+    """The projection head with DynACL's momentum encoder beside it (PKU-ML/DYNACL at
+    7d143db7f63e699a533df8e262bcf6ed02abe805: models/resnet_multi_bn.py, resnet18_momentum;
+    train_DynACL.py). `key_trunk` and `key_proj` are a copy of the online trunk and head
+    with no gradient, updated as k ← m·k + (1 − m)·q after each step's forward passes and
+    before the optimiser's update (`_momentum_update_encoder_k`): parameters only, the BN
+    running statistics being each encoder's own. The first step copies q into k first
+    (`_init_encoder_k`), so weights initialised after the build (init_weights) are the
+    ones copied. Both updates are foreach ops on the device with a 0-d flag `started`, so a
+    CUDA graph holds them and resuming keeps them."""
+
+    def __init__(self, proj: nn.Module, trunk: nn.Module, m: float):
+        super().__init__()
+        if not 0 < m < 1:
+            raise ValueError(f"pretext.contrastive.momentum must be in (0, 1), not {m!r}")
+        self.proj, self.m = proj, float(m)
+        self.key_trunk, self.key_proj = copy.deepcopy(trunk), copy.deepcopy(proj)
+        for p in self.key_params():
+            p.requires_grad_(False)
+        self.register_buffer("started", torch.zeros(()))
+
+    def forward(self, h):
+        return self.proj(h)
+
+    def key(self, model, x):
+        """The momentum encoder's embedding of images x (the online model's normalisation)."""
+        return self.key_proj(self.key_trunk(model.norm(x)))
+
+    def key_params(self):
+        return [*self.key_trunk.parameters(), *self.key_proj.parameters()]
+
+    def pairs(self, model):
+        q, k = [*model.trunk.parameters(), *self.proj.parameters()], self.key_params()
+        if [t.shape for t in q] != [t.shape for t in k]:
+            raise ValueError("momentum encoder: the online and key parameters do not pair up")
+        return q, k
+
+    @torch.no_grad()
+    def begin_step(self, model):
+        """k ← q on the first step only (k·started + q·(1 − started)): DynACL's initial copy."""
+        q, k = self.pairs(model)
+        torch._foreach_mul_(k, self.started)
+        torch._foreach_add_(k, torch._foreach_mul(q, 1 - self.started))
+
+    @torch.no_grad()
+    def end_step(self, model):
+        """k ← m·k + (1 − m)·q with this step's q (before the optimiser moves it)."""
+        q, k = self.pairs(model)
+        torch._foreach_lerp_(k, q, 1 - self.m)
+        self.started.fill_(1)
+
+
+def momentum_objective(objective):
+    """`objective` inside DynACL's momentum step: the first step's copy, the objective's forward
+    passes (through both encoders, `Contrastive.loss`), then the EMA."""
+    def step(model, task, *args):
+        model.head.begin_step(model)
+        out = objective(model, task, *args)
+        model.head.end_step(model)
+        return out
+
+    return step
+
+
 class Contrastive(Task):
     name = "contrastive"
 
     def __init__(self, temperature: float = 0.5, proj_dim: int | None = None, dual_bn: bool = False,
                  finetune_bn: str = "adv", schedule: str = "constant", reload_every: int = 50,
-                 swap: float = 2 / 3, interpolation: str = "bilinear", state=None):
+                 swap: float = 2 / 3, interpolation: str = "bilinear", momentum: float = 0.0, state=None):
         if interpolation not in ("bilinear", "bicubic"):
             raise ValueError(f"pretext.contrastive.interpolation must be 'bilinear' or 'bicubic', not {interpolation!r}")
         self.interpolation = interpolation
@@ -297,6 +363,7 @@ class Contrastive(Task):
         self.temperature, self.proj_dim, self.dual_bn = float(temperature), proj_dim, bool(dual_bn)
         self.finetune_bn = finetune_bn if dual_bn else "clean"
         self.schedule, self.reload_every, self.swap = schedule, int(reload_every), float(swap)
+        self.momentum = float(momentum)
         self.strength = 1.0
         self.adv_weight = torch.ones(())  # a tensor the step reads: a new value needs no new graph
         self.n_classes = 0
@@ -307,7 +374,11 @@ class Contrastive(Task):
         if self.dual_bn:  # the trunk too: ACL's encoders share all weights but the BN
             dualize(trunk)
             dualize(head)
-        return head
+        return MomentumHead(head, trunk, self.momentum) if self.momentum else head
+
+    def wrap_objective(self, objective):
+        """The training step's objective: with the momentum encoder, its EMA around it."""
+        return momentum_objective(objective) if self.momentum else objective
 
     def set_epoch(self, epoch: int, epochs: int, device=None):
         self.adv_weight = self.adv_weight.to(device)  # the same tensor once it is there (a graph holds it)
@@ -322,7 +393,10 @@ class Contrastive(Task):
 
     def loss(self, model, inputs, targets):
         n = len(inputs)
-        z = model(inputs.flatten(0, 1)).view(n, 2, -1)
+        if self.momentum:  # DynACL's swap: view 0 through the online encoder, view 1 through the momentum one
+            z = torch.stack([model(inputs[:, 0]), model.head.key(model, inputs[:, 1])], 1)
+        else:
+            z = model(inputs.flatten(0, 1)).view(n, 2, -1)
         loss, sim = nt_xent(z, self.temperature)
         return loss, sim.view(n, 2 * 2 * n)
 
@@ -337,8 +411,16 @@ class Contrastive(Task):
 
     def export(self, model):
         """The trunk with one BN per layer (`finetune_bn`'s copy), as a plain ResNet's keys,
-        and both copies' BN tensors (`bn_copies`) for a dual-BN fine-tuning."""
-        if not self.dual_bn:
+        and both copies' BN tensors (`bn_copies`) for a dual-BN fine-tuning. With the momentum
+        encoder, that encoder is the one exported (DynACL's model_encoder_k.pt, which its
+        assign_label.py, LPAFT.py and the benchmark's fine-tuning load)."""
+        if not (self.dual_bn or self.momentum):
             return model
         state = model.state_dict()
+        if self.momentum:
+            state = {**{k: v for k, v in state.items() if not k.startswith(("trunk.", "head."))},
+                     **{f"trunk.{k}": v for k, v in model.head.key_trunk.state_dict().items()},
+                     **{f"head.{k}": v for k, v in model.head.key_proj.state_dict().items()}}
+        if not self.dual_bn:
+            return _Exported(state)
         return _Exported(single_bn_state(state, self.finetune_bn), bn_copies=bn_copies(state))
