@@ -263,7 +263,8 @@ def passes_per_image(spec: dict) -> float:
     adds a pass); TRADES K + 2 (its KL attack, then CE(clean) + β·KL through both inputs;
     the gradient-free clean forward is not counted); ACL/DynACL K + 2 (PGD on NT-Xent, then
     the clean and the adversarial NT-Xent). The rotation-auxiliary baseline and the
-    contrastive task train on two views of each image (×2). A partial fine-tuning's update is counted as a whole
+    contrastive task train on two views of each image (×2), but with DynACL's momentum encoder
+    view 1 passes it only in the attack (K; its loss forwards need no gradient): 2K + 2. A partial fine-tuning's update is counted as a whole
     pass, though its backward could stop at the trained part (the attack's cannot).
     Validation and test evaluation are not counted. NaN
     for the ensemble objective (three inputs and a double backward: not on this scale).
@@ -279,6 +280,9 @@ def passes_per_image(spec: dict) -> float:
         per = k + 2
     else:
         return float("nan")
+    if (spec.get("pretext") or {}).get("contrastive", {}).get("momentum"):
+        # DynACL's momentum encoder: view 1's loss forwards carry no gradient; only its attack's K passes count
+        return float(per + (k if kind == "acl" else 0))
     return float(per * (2 if spec.get("task") in ("rotaux", "contrastive") else 1))  # two views per image
 
 

@@ -107,3 +107,12 @@ def test_the_momentum_encoder_is_exported_and_fine_tuned(tiny_data, tmp_path):
     ft = train_spec(epochs=1)
     train(ft, tiny_data, tmp_path / "f.pt", tmp_path / "f.csv", tmp_path / "f.json", init=tmp_path / "m.pt",
           device="cpu", log=lambda m: None)
+
+
+def test_budget_rule_counts_the_momentum_views_loss_forwards_as_gradient_free():
+    from advss import protocol as P
+
+    spec = {"task": "contrastive", "objective": {"kind": "acl"}, "threat": {"train_steps": 5}}
+    assert P.passes_per_image(spec) == 14  # ACL: (5 + 2) per view, two views
+    # DynACL: view 0 5 + 2, view 1 only its attack's 5 (through the momentum encoder)
+    assert P.passes_per_image({**spec, **P.contrastive_spec("dynacl")}) == 12
