@@ -332,7 +332,18 @@ def finetune_settings(finetune: dict, robust_ssl: dict | None = None, method: st
                       f: str | None = None) -> dict:
     """The settings of one fine-tuning: the finetune section's, then robust_ssl.modes.<f>, then
     robust_ssl.method_modes.<method>.<f> over them (`optim` merged key by key, so a layer can
-    change the milestones alone). Without robust_ssl, the finetune section's."""
+    change the milestones alone). Without robust_ssl, the finetune section's.
+
+    Why RobustSSL_Benchmark's (RSB @319a200) settings are what config/robust-ssl.yaml sets:
+    its published rows are what the successors' rows stand beside, so they must be trained as
+    those were. SLF and ALF train only the linear head on frozen features, hence a small lr
+    (0.01), a big batch (512) and 25 epochs; ALF's attack is plain PGD-10 on the cross-entropy,
+    since only the head learns. AFF trains everything with TRADES; for ACL and DynACL on both BN
+    copies the pretraining left (clean inputs through the clean BN, adversarial ones through the
+    adversarial BN), which is why the pretraining keeps both. DynACL's AFF is shorter (25 epochs,
+    milestones 15, 20) than ACL's (100, [40, 60]) because DynACL's own scripts tuned it so, and
+    RSB adopted them per method. RSB fine-tunes on all 50k images and reports the last epoch
+    (no validation split), and zeroes the linear head so every mode starts from the same readout."""
     out = {k: v for k, v in finetune.items() if k in FT_SETTINGS}
     rs = robust_ssl or {}
     for layer in (rs.get("modes", {}).get(f, {}), rs.get("method_modes", {}).get(method, {}).get(f, {})):

@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from advss import protocol as P
@@ -125,3 +126,22 @@ def test_catalog_files_describe_every_config_and_key():
     assert cat["mandatory-flags"]["flags"].startswith("--configfile config/")
     assert (ROOT / cat["mandatory-flags"]["flags"].split()[1]).exists()
     assert isinstance(cat["software-stack-deployment"]["conda"], bool)
+
+
+def test_finetune_settings_layer_per_mode_then_per_method():
+    """finetune ← modes.<F> ← method_modes.<method>.<F>: optim merges key by key; unknown keys, bad
+    values and all-data training with a best-epoch selection are refused."""
+    base = {"epochs": 100, "batch_size": 128, "objective": "trades", "optim": {"lr": 0.1, "milestones": [40, 60]},
+            "scenarios": [["P3", "F4"]]}
+    rs = {"modes": {"F4": {"data": "all", "select": "last"}},
+          "method_modes": {"dynacl": {"F4": {"epochs": 25, "optim": {"milestones": [15, 20]}}}}}
+    dyn = P.finetune_settings(base, rs, "dynacl", "F4")
+    assert dyn["epochs"] == 25 and dyn["optim"] == {"lr": 0.1, "milestones": [15, 20]} and "scenarios" not in dyn
+    assert P.finetune_settings(base, rs, "acl", "F4")["epochs"] == 100 and base["optim"]["milestones"] == [40, 60]
+    keys = P.finetune_spec_keys(dyn, adv=True)
+    assert keys["train_data"] == "all" and keys["select_by"] == "last" and keys["objective"]["kind"] == "trades"
+    assert P.finetune_spec_keys(P.finetune_settings(base), adv=True)["select_by"] == "val_ra"  # the 2020 default
+    assert "train_data" not in P.finetune_spec_keys(P.finetune_settings(base), adv=True)
+    for bad in ({"F4": {"lr": 0.1}}, {"F4": {"bn": "triple"}}, {"F4": {"data": "all"}}):
+        with pytest.raises(ValueError):
+            P.finetune_settings(base, {"modes": bad}, "acl", "F4")
