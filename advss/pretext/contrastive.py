@@ -14,7 +14,9 @@ Options (config `pretext.contrastive`):
   temperature  NT-Xent's τ (0.5 in ACL and DynACL)
   dual_bn      ACL's dual BatchNorm: every BN of trunk and head keeps a clean and an
                adversarial copy; `adversarial()` routes through the latter
-  finetune_bn  which copy the exported checkpoint keeps ('adv': ACL's `--bnNameCnt 1`)
+  finetune_bn  which copy the exported checkpoint keeps ('adv': ACL's `--bnNameCnt 1`), the
+               one SLF/ALF fine-tune; the checkpoint also keeps both copies (`bn_copies`),
+               from which a dual-BN AFF (RSB's `trades_loss_dual`) starts
   schedule     'dynacl': DynACL's annealed augmentation strength and loss weight
   reload_every DynACL's `reload_frequency` (epochs between strength changes)
   swap         DynACL's `swap_param` (λ of the adversarial weight)
