@@ -70,7 +70,7 @@ def table_compute(spec: dict, prefix):
                f"95% t-interval over seeds, ci95: it covers the seed-to-seed variation on one fixed test set). Passes "
                f"per image: forward+backward passes per training image, pretraining included (PGD-K costs K passes: "
                f"ST 1 per image and epoch, Madry AT K + 1, P3's clean + adversarial mean K + 2, TRADES and ACL/DynACL "
-               f"K + 2, the contrastive task's two views ×2; gradient-free forwards, validation and test not "
+               f"K + 2, the contrastive task's two views ×2, DynACL's momentum view only its attack's K; gradient-free forwards, validation and test not "
                f"counted; advss.protocol.passes_per_image), read from each run's meta.json; an ensemble of fine-tuned "
                f"models sums its members'; the ensemble pretraining's objective is not on this scale (–). The (P1,F4) "
                f"rows are the ladder: AT from scratch for several epoch counts, milestones scaled. Control at or "
