@@ -220,14 +220,15 @@ def ladder(cfg: dict) -> list[str]:
     plain (P1,F4) (finetune.epochs, the paper's AT budget), each matched baseline's epochs and
     each of finetune.ladder's epochs ('full-adv-ep<N>', milestones scaled by `scaled_optim`).
     Its budgets are compared in passes per image (`passes_per_image` × epochs, read from the
-    runs' meta.json by advss.claims), not in epochs. [] when neither is on."""
+    runs' meta.json by advss.claims), not in epochs. [] without finetune.ladder: the matched
+    rungs alone sit below every P3 method in passes (its pretraining costs K + 2 an epoch)."""
     fc = cfg["finetune"]
     rungs = [int(n) for n in fc.get("ladder") or []]
     if any(n < 1 for n in rungs):
         raise ValueError(f"finetune.ladder must list positive epoch counts, not {fc['ladder']!r}")
-    epochs = set(rungs) | {ft_epochs(ft) for ft in matched_baselines(cfg).values()}
-    if not epochs:
+    if not rungs:
         return []
+    epochs = set(rungs) | {ft_epochs(ft) for ft in matched_baselines(cfg).values()}
     base = int(fc["epochs"])
     return ["full-adv" if n == base else f"full-adv-ep{n}" for n in sorted(epochs | {base})]
 

@@ -200,7 +200,7 @@ def test_ladder_ids_are_the_plain_matched_and_configured_epochs():
            "finetune": {"scenarios": [["P1", "F4"], ["P3", "F4"]], "epochs": FT_EPOCHS, "ladder": [30, 10, 5]}}
     # the plain (P1,F4) (finetune.epochs) is the bottom rung, the matched budgets join, duplicates once
     assert P.ladder(cfg) == ["full-adv", "full-adv-ep10", "full-adv-ep15", "full-adv-ep30"]
-    assert P.ladder({**cfg, "finetune": {**cfg["finetune"], "ladder": [], "matched_baseline": False}}) == []
+    assert P.ladder({**cfg, "finetune": {**cfg["finetune"], "ladder": []}}) == []  # the matched baselines alone: off
     with pytest.raises(ValueError, match="positive"):
         P.ladder({**cfg, "finetune": {**cfg["finetune"], "ladder": [0]}})
 

@@ -136,7 +136,9 @@ LADDER = P.ladder(config)
 # unique (src, ft); P1 shared by tasks
 FT_JOBS = list(
     dict.fromkeys(
-        P.scenario_jobs(SCENARIOS, TASKS) + [("scratch", ft) for ft in LADDER]
+        P.scenario_jobs(SCENARIOS, TASKS)
+        + MATCHED_JOBS
+        + [("scratch", ft) for ft in LADDER]
     )
 )
 PT_JOBS = P.pretrain_jobs(SCENARIOS, TASKS)
