@@ -131,16 +131,12 @@ MATCHED = P.matched_baselines(
     config
 )  # {task: 'full-adv-ep<N>'}: the compute-matched (P1,F4), one job per budget
 MATCHED_JOBS = list(dict.fromkeys(("scratch", ft) for ft in MATCHED.values()))
-# the (P1,F4) compute ladder: the plain (P1,F4), the matched budgets and finetune.ladder's epochs
-LADDER = P.ladder(config)
-# unique (src, ft); P1 shared by tasks
 FT_JOBS = list(
-    dict.fromkeys(
-        P.scenario_jobs(SCENARIOS, TASKS)
-        + MATCHED_JOBS
-        + [("scratch", ft) for ft in LADDER]
-    )
-)
+    dict.fromkeys(P.scenario_jobs(SCENARIOS, TASKS) + MATCHED_JOBS)
+)  # unique (src, ft); P1 shared by tasks
+# the (P1,F4) compute ladder: the plain (P1,F4), the matched budgets and finetune.ladder's epochs;
+# the compute claims, table and figure ask for its jobs (claims_inputs.smk), Table 3 does not
+LADDER = P.ladder(config)
 PT_JOBS = P.pretrain_jobs(SCENARIOS, TASKS)
 DATA = f"results/{RUN}/data/dataset.pt"
 
