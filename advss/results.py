@@ -27,7 +27,8 @@ def finetune_result(run_dir, src, ft, seed) -> dict:
     test, meta = read_json(d / "test.json"), read_json(d / "meta.json")
     aa = autoattack_column(run_dir, src, ft, seed)  # eval/autoattack.json beside test.json, when run
     return {"ta": 100 * test["ta"], "ra": 100 * test["ra"], "ra_aa": float("nan") if aa is None else aa,
-            "epochs": meta["epochs_to_best"], "epochs_run": meta["epochs_run"], "config_hash": meta["spec_hash"]}
+            "epochs": meta["epochs_to_best"], "epochs_run": meta["epochs_run"], "config_hash": meta["spec_hash"],
+            "select_by": meta.get("spec", {}).get("select_by")}
 
 
 def pretrain_dir(run_dir, pt, seed) -> Path:

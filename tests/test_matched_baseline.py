@@ -240,3 +240,13 @@ def test_a_method_above_the_ladders_top_reads_no_control_at_this_compute(tmp_pat
     assert rot["verdict"] == C.HOLDS and rot["budget_ratio"] == pytest.approx(45 / 48, abs=0.01)
     assert rot["diff_mean"] == pytest.approx(45 - 0.2 / 3 - 41, abs=0.01)  # the CSV keeps 2 decimals
     assert df.loc["Ensemble of (P3,F4) Jigsaw+Rotation+Selfie", "verdict"] == C.NO_CONTROL
+
+
+def test_a_model_kept_at_its_last_epoch_by_design_is_not_called_unconverged(tmp_path):
+    """RobustSSL_Benchmark's rows keep the last epoch (select_by last): best = last by construction."""
+    spec = results_folder(tmp_path)
+    assert C.unconverged(spec, [("jigsaw-adv", "full-adv")]) == ["(P3,F4) Jigsaw: best epoch = last in 3/3 seeds"]
+    for s in SEEDS:
+        meta(results.finetune_dir(tmp_path, "jigsaw-adv", "full-adv", s), {**adv_spec(FT_EPOCHS), "select_by": "last"},
+             FT_EPOCHS, FT_EPOCHS)
+    assert C.unconverged(spec, [("jigsaw-adv", "full-adv")]) == []
