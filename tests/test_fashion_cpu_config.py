@@ -1,7 +1,8 @@
-"""config/fashion-mnist-cpu.yaml (issue 13, item 8; issue 19): it passes the workflow's
-validation, its DAG is the headline comparison and the compute-matched baseline only, it
-keeps the paper's threat, and it dry-runs without the dataset (prepare_data is not executed
-in a dry run)."""
+"""config/fashion-mnist-cpu.yaml (issue 13, item 8; issue 19; issue 25, item 5): it passes the
+workflow's validation, its DAG is the headline comparison, the compute-matched baseline, one
+successor (ACL, AFF only) and the (P1,F4) compute ladder, whose rungs sit at or just above every
+pretrained method's passes per image; it keeps the paper's threat, and it dry-runs without the
+dataset (prepare_data is not executed in a dry run)."""
 from __future__ import annotations
 
 import csv
@@ -32,10 +33,34 @@ def dry_run(cfg_path, cwd):
 
 def expected_jobs(cfg):
     n_seeds, n_tasks = len(cfg["seeds"]), len(cfg["pretrain"]["tasks"])
-    # P3 pretraining per task and seed; fine-tuning: the shared P1 row, (P3,F4) per task and the
-    # matched baseline, one for both tasks (they pretrain for the same epochs)
-    return {"prepare_data": 1, "pretrain": n_tasks * n_seeds, "finetune": (2 + n_tasks) * n_seeds,
-            "evaluate": (2 + n_tasks) * n_seeds, "table3": 1, "claims": 1, "all_tables": 1}
+    methods, modes = cfg["robust_ssl"]["methods"], cfg["robust_ssl"]["finetune"]
+    # the ladder's rungs other than the plain (P1,F4) and the matched baseline (both in Table 3)
+    rungs = [ft for ft in P.ladder(cfg) if ft not in ("full-adv", *P.matched_baselines(cfg).values())]
+    # pretraining: P3 per task and ACL, per seed; fine-tuning: the shared P1 row, (P3,F4) per task,
+    # the matched baseline (one for both tasks: they pretrain for the same epochs), the extra rungs
+    # and each successor's modes
+    n_ft = 2 + n_tasks + len(rungs) + len(methods) * len(modes)
+    return {"prepare_data": 1, "pretrain": (n_tasks + len(methods)) * n_seeds, "finetune": n_ft * n_seeds,
+            "evaluate": n_ft * n_seeds, "table3": 1, "claims": 1, "table_robust_ssl": 1, "table_compute": 1,
+            "all_tables": 1}
+
+
+def passes(cfg) -> dict:
+    """Passes per training image, pretraining included, of each pretrained method and of each
+    rung of the ladder, from the config through advss.protocol.passes_per_image (the rule the
+    claims read back from the runs' meta.json)."""
+    k = cfg["threat"]["train_steps"]
+    ft = cfg["finetune"]["epochs"] * P.passes_per_image({"objective": {"kind": "adversarial", "mix": "adv"},
+                                                         "threat": {"train_steps": k}})
+    p3 = {t: P.pretrain_epochs(cfg["pretrain"], t) * P.passes_per_image(
+        {"objective": {"kind": "adversarial", "mix": cfg["pretrain"]["adv_mix"]}, "threat": {"train_steps": k}}) + ft
+        for t in cfg["pretrain"]["tasks"]}
+    rs = cfg["robust_ssl"]
+    succ = {m: rs["epochs"] * P.passes_per_image(
+        {**P.contrastive_spec(m, rs.get("contrastive")), "threat": {"train_steps": rs.get("train_steps", k)}}) + ft
+        for m in rs["methods"]}
+    rung = {ft_id: (P.ft_epochs(ft_id) or cfg["finetune"]["epochs"]) * (k + 1) for ft_id in P.ladder(cfg)}
+    return {"methods": {**p3, **succ}, "rungs": rung}
 
 
 def test_config_is_the_headline_comparison_with_the_papers_threat():
@@ -47,7 +72,7 @@ def test_config_is_the_headline_comparison_with_the_papers_threat():
     t = cfg["threat"]
     assert (t["norm"], t["eps"], t["step"], t["random_start"]) == ("linf", "8/255", "2/255", True)
     assert t["eval_steps"] > t["train_steps"]  # the test attack is not weaker than the training one
-    # no feature section: only Table 3 and the claims are built
+    # one feature section, the successors': Table 3, the claims, the successors' and the compute tables
     assert not {"robustness", "ablations", "ensemble", "transfer"} & set(cfg)
     # the compute-matched baseline, one budget; and a tail at the last learning rate long enough for
     # the best epoch to come before the last (every (P1,F4) of the 5-epoch record peaked at its last)
@@ -58,7 +83,32 @@ def test_config_is_the_headline_comparison_with_the_papers_threat():
     assert cfg["data"]["n_train"] * (1 - cfg["data"]["val_fraction"]) == 2304  # the record's per-epoch time holds
 
 
-def test_dry_run_passes_validation_and_lists_only_the_headline_jobs(tmp_path):
+def test_acl_is_fine_tuned_as_the_2020_rows():
+    """One successor, ACL (P3), AFF only, fine-tuned exactly as the 2020 tasks' (P3,F4) (this
+    config's F4), pretrained with this config's PGD-3 and batch."""
+    cfg = yaml.safe_load(CONFIG.read_text())
+    rs = cfg["robust_ssl"]
+    assert rs["methods"] == ["acl"] and rs["finetune"] == ["F4"] and P.CONTRASTIVE["acl"]["p"] == "P3"
+    assert rs.get("train_steps", cfg["threat"]["train_steps"]) == cfg["threat"]["train_steps"]
+    assert rs["batch_size"] == cfg["finetune"]["batch_size"]
+    assert P.finetune_settings(cfg["finetune"], rs, "acl", "F4") == P.finetune_settings(cfg["finetune"])
+
+
+def test_ladder_covers_every_method_just_above_its_budget():
+    """The claims compare each method with the cheapest (P1,F4) rung at or above its passes per
+    image (advss.claims.control_rung): here every method has one, at most 5 % above its budget,
+    and the plain (P1,F4) and the matched baseline stay on the ladder."""
+    cfg = yaml.safe_load(CONFIG.read_text())
+    b = passes(cfg)
+    assert {"full-adv", *P.matched_baselines(cfg).values()} <= set(P.ladder(cfg))
+    assert b["methods"] == {"rotation": 85, "jigsaw": 85, "acl": 110}  # 5·(3+2) + 60; 5·(3+2)·2 + 60
+    for m, need in b["methods"].items():
+        above = [r for r in b["rungs"].values() if r >= need]
+        assert above and min(above) <= 1.05 * need, (m, need, b["rungs"])
+    assert max(b["rungs"].values()) < 2 * max(b["methods"].values())  # no rung far past what it controls
+
+
+def test_dry_run_passes_validation_and_lists_the_records_jobs(tmp_path):
     cfg = yaml.safe_load(CONFIG.read_text())
     assert dry_run(CONFIG, tmp_path) == expected_jobs(cfg)
     assert not (tmp_path / "results").exists()
