@@ -299,14 +299,14 @@ def autoattack_hits(spec, src):
 def successor_claims(spec) -> list[dict]:
     """Issue 20's row, where the successors ran (spec robust_ssl_methods): the best
     contrastive (P3,F4) AutoAttack RA ≥ the best 2020 pretext task's, each best by mean."""
-    methods = [m for m in spec.get("robust_ssl_methods", []) if P.CONTRASTIVE[m]["p"] == "P3"]
+    methods = [m for m in spec.get("robust_ssl_methods", []) if P.SUCCESSOR_P[m] == "P3"]
     if not methods or not spec["tasks"]:
         return []
     a = {m: autoattack_values(spec, m) for m in methods}
     b = {t: autoattack_values(spec, P.pretrain_id(t, "P3")) for t in spec["tasks"]}
     ma, tb = max(methods, key=lambda m: _mean(a[m])), max(spec["tasks"], key=lambda t: _mean(b[t]))
     return [{"claim": "the best contrastive (P3,F4) AutoAttack RA ≥ the best 2020 pretext task's",
-             "task": f"{P.CONTRASTIVE_LABEL[ma]} vs {P.TASK_LABEL[tb]}", "relation": ">=", "a": a[ma], "b": b[tb],
+             "task": f"{P.SUCCESSOR_LABEL[ma]} vs {P.TASK_LABEL[tb]}", "relation": ">=", "a": a[ma], "b": b[tb],
              "hits_a": autoattack_hits(spec, ma), "hits_b": autoattack_hits(spec, P.pretrain_id(tb, "P3")),
              # no paper difference: the published figures (table robust_ssl) are of other architectures
              "paper_diff": None}]
@@ -326,7 +326,7 @@ def compute_methods(spec) -> list[dict]:
                 for t in spec["tasks"]]
     out += [{"label": f"{label} (F4)", "models": [(src, "full-adv")]} for label, src in spec.get("extra_points", [])]
     if "F4" in spec.get("robust_ssl_finetune", ["F4"]):
-        out += [{"label": f"{P.CONTRASTIVE_LABEL[m]} ({P.CONTRASTIVE[m]['p']},AFF)", "models": [(m, "full-adv")]}
+        out += [{"label": f"{P.SUCCESSOR_LABEL[m]} ({P.SUCCESSOR_P[m]},AFF)", "models": [(m, "full-adv")]}
                 for m in spec.get("robust_ssl_methods", [])]
     star = spec.get("ensemble_star")
     if star:

@@ -51,6 +51,13 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--out-meta", required=True)
         p.add_argument("--out-best-ta", help="also save the best-validation-TA checkpoint here")
         p.add_argument("--resume-dir", help="per-epoch resume state (not a workflow output)")
+        p.add_argument("--labels", help="pseudo-labels replacing the training labels (`advss pseudolabel`'s file)")
+
+    p = sub.add_parser("pseudolabel", help="pseudo-labels by k-means on a pretrained model's features (DynACL++)")
+    common_args(p)
+    p.add_argument("--model", required=True, help="the pretrained checkpoint whose features are clustered")
+    p.add_argument("--out", required=True, help="the labels file (torch)")
+    p.add_argument("--out-json", required=True, help="a summary: cluster sizes, inertia, purity against true labels")
 
     p = sub.add_parser("evaluate", help="test TA / PGD RA and per-example vectors of a checkpoint")
     common_args(p)
@@ -126,7 +133,11 @@ def _dispatch(args):
 
         train({**args.spec, "stage": args.cmd}, args.data, args.out_model, args.out_metrics, args.out_meta,
               init=args.init, out_best_ta=args.out_best_ta, resume_dir=args.resume_dir, device=args.device,
-              log=lambda m: print(m, flush=True))
+              log=lambda m: print(m, flush=True), labels=args.labels)
+    elif args.cmd == "pseudolabel":
+        from advss.pseudolabel import run
+
+        print(json.dumps(run(args.spec, args.data, args.model, args.out, args.out_json, args.device)))
     elif args.cmd == "evaluate":
         from advss.evaluate import run
 

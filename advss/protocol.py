@@ -87,6 +87,18 @@ CONTRASTIVE = {
 CONTRASTIVE_LABEL = {"simclr": "SimCLR", "acl": "ACL (DS)", "dynacl": "DynACL"}
 CONTRASTIVE_RE = "|".join(CONTRASTIVE)
 SRC_RE += "|" + CONTRASTIVE_RE
+# DynACL++ (Luo et al. ICLR 2023; PKU-ML/DYNACL @7d143db: assign_label.py, LPAFT.py, LPAFT_AFF.py):
+# DynACL's pretraining post-processed by pseudo-labels (k-means on its features,
+# advss/pseudolabel.py), then linear probing (LP) and adversarial fine-tuning (AFT) on them,
+# two jobs of the one loop (rules/dynaclpp.smk). Its AFT's model, saved as the pretraining of
+# the source 'dynacl++' (pretrain/dynacl++/), is what SLF, ALF and AFF fine-tune, as RSB @319a200
+# fine-tunes the released DynACL++ checkpoint. Not a pretrained-model id of the `pretrain` rule.
+DYNACLPP, DYNACLPP_BASE = "dynacl++", "dynacl"
+DYNACLPP_STAGES = {"lp": "dynacl++-lp", "aft": "dynacl++"}  # stage -> its directory under pretrain/
+SRC_RE += "|" + re.escape(DYNACLPP)
+# Every successor the robust_ssl section can list: its P mode and its label.
+SUCCESSOR_P = {**{m: v["p"] for m, v in CONTRASTIVE.items()}, DYNACLPP: "P3"}
+SUCCESSOR_LABEL = {**CONTRASTIVE_LABEL, DYNACLPP: "DynACL++"}
 # The successors' names for our fine-tuning modes (RobustSSL_Benchmark's SLF / ALF / AFF).
 SUCCESSOR_FT = {"F1": "SLF", "F2": "ALF", "F4": "AFF"}
 # Every pretrained-model id (one `pretrain` rule trains them all): per task, ablated, ensemble.
@@ -287,6 +299,33 @@ def passes_per_image(spec: dict) -> float:
     return float(per * (2 if spec.get("task") in ("rotaux", "contrastive") else 1))  # two views per image
 
 
+def pretrain_chain(src: str) -> list[str]:
+    """The pretraining directories (under pretrain/) whose training made the source `src` of a
+    fine-tuning, its own first: DynACL++'s AFT, its LP and DynACL's pretraining; one for any
+    other pretrained source, none for 'scratch'. Their passes all count in a model's budget."""
+    if src == "scratch":
+        return []
+    if src == DYNACLPP:
+        return [DYNACLPP_STAGES["aft"], DYNACLPP_STAGES["lp"], DYNACLPP_BASE]
+    return [src]
+
+
+def dynaclpp_stage_keys(stage: str, settings: dict) -> dict:
+    """The job-spec keys of DynACL++'s LP ('lp') or AFT ('aft') from their fine-tuning
+    `settings` (`finetune_settings`), on the pseudo-labels (the job's --labels). LP: the head
+    alone, cross-entropy, the trunk frozen in eval mode (LPAFT.py's train_head, with the trunk's
+    requires_grad off), its head zeroed; AFT: everything, adversarially (LPAFT.py's trades_loss),
+    starting from LP's probed head (head_init 'init'). Both train through the adversarial BN copy
+    and carry the clean one (keep_bn_copies), which LPAFT_AFF.py's pseudo-label stage never uses
+    (natural_mode='pgd'), so one chain serves SLF/ALF (LPAFT.py) and the dual-BN AFF (LPAFT_AFF.py)."""
+    if stage not in DYNACLPP_STAGES:
+        raise ValueError(f"DynACL++ stage must be one of {sorted(DYNACLPP_STAGES)}, not {stage!r}")
+    keys = finetune_spec_keys(settings, adv=stage == "aft")
+    if stage == "lp":
+        return {**keys, "partial": True, "partial_trains": "head", "eval_ra": False, "keep_bn_copies": True}
+    return {**keys, "partial": False, "head_init": "init", "eval_ra": True, "keep_bn_copies": True}
+
+
 def pretrain_kind(pt: str) -> str:
     """Which spec a pretrained-model id gets: 'task' (P2/P3 of one task), 'ensemble'
     (Table 5) or 'ablation' (Table 7's pools, Table 8's smoothing)."""
@@ -320,12 +359,12 @@ def contrastive_spec(method: str, options: dict | None = None) -> dict:
 #   bn             single | dual: dual-BN fine-tuning from a dual-BN pretraining (RSB's AFF)
 #   data           split (45k fit / 5k validation) | all (every training image, RSB)
 #   select         best (validation RA, or TA for F1/F3) | last (the last epoch, RSB)
-#   head_init      default | zero (RSB and DynACL zero the linear head)
+#   head_init      default | zero (RSB and DynACL zero the linear head) | init (the checkpoint's: a probed head)
 #   bn_mode_when_crafting   the attack's BN mode in this stage (over threat's)
 FT_SETTINGS = ("objective", "trades_beta", "trades_start_std", "epochs", "batch_size", "augment", "optim",
                "val_max", "bn", "data", "select", "head_init", "bn_mode_when_crafting")
 FT_CHOICES = {"objective": ("madry", "trades"), "bn": ("single", "dual"), "data": ("split", "all"),
-              "select": ("best", "last"), "head_init": ("default", "zero"),
+              "select": ("best", "last"), "head_init": ("default", "zero", "init"),
               "bn_mode_when_crafting": ("train", "eval")}
 
 
@@ -375,9 +414,11 @@ def finetune_spec_keys(settings: dict, adv: bool) -> dict:
     keys = {"objective": objective, "epochs": settings["epochs"], "batch_size": settings["batch_size"],
             "augment": settings.get("augment", True), "optim": settings["optim"], "val_max": settings.get("val_max"),
             "select_by": "last" if settings.get("select") == "last" else "val_ra" if adv else "val_ta"}
-    for key, spec_key, value in (("data", "train_data", "all"), ("bn", "dual_bn", True), ("head_init", "head_init", "zero")):
+    for key, spec_key, value in (("data", "train_data", "all"), ("bn", "dual_bn", True)):
         if settings.get(key) == (value if key != "bn" else "dual"):
             keys[spec_key] = value
+    if settings.get("head_init", "default") != "default":  # zero (RSB, DynACL) or init (a probed head)
+        keys["head_init"] = settings["head_init"]
     return keys
 
 

@@ -38,8 +38,9 @@ def pretrain_dir(run_dir, pt, seed) -> Path:
 def training_passes(run_dir, src, ft, seed) -> float:
     """Forward+backward passes per training image that made one fine-tuned model, its
     pretraining's included: P.passes_per_image(spec) × the epochs each job ran, from their
-    meta.json. NaN where a meta.json is missing or does not record its spec."""
-    dirs = [finetune_dir(run_dir, src, ft, seed)] + ([] if src == "scratch" else [pretrain_dir(run_dir, src, seed)])
+    meta.json (every job the source stands on, P.pretrain_chain: DynACL++'s LP and AFT and
+    DynACL's pretraining). NaN where a meta.json is missing or does not record its spec."""
+    dirs = [finetune_dir(run_dir, src, ft, seed)] + [pretrain_dir(run_dir, pt, seed) for pt in P.pretrain_chain(src)]
     try:
         metas = [read_json(d / "meta.json") for d in dirs]
         return sum(P.passes_per_image(m["spec"]) * m["epochs_run"] for m in metas)

@@ -31,6 +31,7 @@ from advss.models import Model, init_weights, load_checkpoint, load_trunk, save_
 from advss.objectives import OBJECTIVES, needs_double_backward
 from advss.pretext import build
 from advss.pretext.contrastive import adv_copy, dual_bn_finetune
+from advss.pseudolabel import carried_bn_copies, relabel
 from advss.step import StepRunner, init_momentum, train_step
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_ta", "val_ra", "seconds"]
@@ -158,23 +159,34 @@ class Job:
     spec_hash: str
     resume_file: Path | None
     log: object
+    carry: dict | None = None  # keep_bn_copies: the init checkpoint whose other BN copy the export carries
 
 
-def setup(spec: dict, data_path, init=None, resume_dir=None, device="auto", log=print) -> Job:
-    """Seed, load the data, build the model (from `init` where given), choose the fast
-    path and build the optimiser and the step runner."""
+def setup(spec: dict, data_path, init=None, resume_dir=None, device="auto", log=print, labels=None) -> Job:
+    """Seed, load the data (its training labels replaced by the pseudo-labels file `labels`
+    where given: DynACL++'s LP and AFT), build the model (from `init` where given), choose the
+    fast path and build the optimiser and the step runner."""
     started = time.time()
     stage = spec["stage"]
     dev = pick_device(device)
     set_deterministic(spec.get("deterministic", False))
     torch.manual_seed(spec["seed"])
     data = D.load(data_path, dev)
+    if labels:
+        data = relabel(data, labels)
     model, task = build(spec, data["num_classes"])
     init_weights(model, spec.get("weight_init", "default"))  # before any transfer: the untransferred part
     transfer, frozen = None, ()
     partial, trains = bool(spec.get("partial", False)), spec.get("partial_trains", "untransferred")
     if partial and not init:
         raise AdvssError("partial fine-tuning (F1/F2) needs a pretrained model (--init)")
+    head_init, carry = spec.get("head_init", "default"), None
+    if head_init not in ("default", "zero", "init"):
+        raise AdvssError(f"head_init must be default, zero or init, not {head_init!r}")
+    if (head_init == "init" or spec.get("keep_bn_copies")) and not init:
+        raise AdvssError("head_init 'init' and keep_bn_copies need a checkpoint to start from (--init)")
+    if spec.get("keep_bn_copies") and spec.get("dual_bn"):
+        raise AdvssError("keep_bn_copies is for a one-copy job on a dual-BN checkpoint; dual_bn keeps both itself")
     if trains not in PARTIAL_TRAINS:
         raise AdvssError(f"partial_trains must be one of {PARTIAL_TRAINS}, not {trains!r}")
     if init:
@@ -185,8 +197,13 @@ def setup(spec: dict, data_path, init=None, resume_dir=None, device="auto", log=
                 ck = dual_bn_finetune(model, ck, init)
             except ValueError as e:
                 raise AdvssError(str(e)) from None
-        transfer = load_trunk(model, ck, prefixes, init)
-        if spec.get("head_init", "default") == "zero":  # RSB and DynACL zero the linear head before fine-tuning
+        if spec.get("keep_bn_copies"):  # DynACL++'s LP and AFT: one copy trained, the other carried along
+            if not ck.get("bn_copies"):
+                raise AdvssError(f"keep_bn_copies: {init} keeps one BN copy; it needs a dual-BN pretraining")
+            carry = ck
+        # head_init 'init': the head too (a probed head: DynACL++'s AFT starts from its LP's)
+        transfer = load_trunk(model, ck, [*prefixes, "head."] if head_init == "init" else prefixes, init)
+        if head_init == "zero":  # RSB and DynACL zero the linear head before fine-tuning
             zero_head(model)
         log(f"loaded {transfer['loaded']} pretrained trunk tensors from {init}; "
             f"{len(transfer['kept_at_init'])} kept at init")
@@ -245,7 +262,7 @@ def setup(spec: dict, data_path, init=None, resume_dir=None, device="auto", log=
                fast=fast, fast_requested=requested,
                frozen=frozen, transfer=transfer, fit=(fx, fy), val=(vx, vy), eval_threat=eval_threat, bs=bs,
                epochs=epochs, seed=seed, steps_per_epoch=steps_per_epoch, spec_hash=spec_hash(spec),
-               resume_file=Path(resume_dir) / "last.pt" if resume_dir else None, log=log)
+               resume_file=Path(resume_dir) / "last.pt" if resume_dir else None, log=log, carry=carry)
 
 
 def resume(job: Job) -> LoopState:
@@ -369,7 +386,10 @@ def finish(job: Job, state: LoopState, select: str, out_model, out_metrics, out_
     def save(path, weights):
         model.load_state_dict(weights)
         exported = export(model)
-        save_checkpoint(path, exported, spec["model"], **extra, **getattr(exported, "extra", {}))
+        more = getattr(exported, "extra", {})
+        if job.carry:  # both BN copies, for a later dual-BN AFF (advss.pseudolabel.carried_bn_copies)
+            more = {**more, "bn_copies": carried_bn_copies(job.carry, exported.state_dict())}
+        save_checkpoint(path, exported, spec["model"], **extra, **more)
 
     save(out_model, chosen)
     if out_best_ta:
@@ -413,11 +433,12 @@ def _sync(dev):
 
 
 def train(spec: dict, data_path, out_model, out_metrics, out_meta, init=None, out_best_ta=None,
-          resume_dir=None, device="auto", log=print, on_epoch=None):
+          resume_dir=None, device="auto", log=print, on_epoch=None, labels=None):
     """Train one model as `spec` says and write its checkpoint, metrics and meta.
-    `on_epoch(row)` is called after each epoch (benchmarks and gpucheck use it).
+    `on_epoch(row)` is called after each epoch (benchmarks and gpucheck use it); `labels`: a
+    pseudo-label file that replaces the training labels (advss.pseudolabel.relabel).
     Returns the final state as a dict (the resume file's "state")."""
-    job = setup(spec, data_path, init, resume_dir, device, log)
+    job = setup(spec, data_path, init, resume_dir, device, log, labels)
     lock = exclusive_lock(resume_dir) if resume_dir else contextlib.nullcontext()
     with lock:
         state = resume(job)

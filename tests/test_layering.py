@@ -30,7 +30,7 @@ LAYERS = [
     ["advss.attacks"],  # PGD
     ["advss.attacks.autoattack"],
     ["advss.attacks.unforeseen"],
-    ["advss.corruptions", "advss.objectives"],
+    ["advss.corruptions", "advss.objectives", "advss.pseudolabel"],  # pseudolabel: DynACL++'s clustering
     ["advss.evaluate"],  # the per-batch attack loops, ensembles
     ["advss.train"],  # the one training loop
     ["advss.results"],  # the result-path grammar and readers

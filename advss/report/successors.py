@@ -16,20 +16,23 @@ def robust_ssl_jobs(spec: dict) -> list[tuple]:
     (the rule of workflow/rules/robust_ssl_inputs.smk, in the same order)."""
     rows = [("(P3,F4)", P.TASK_LABEL[t], t, P.pretrain_id(t, "P3"), P.finetune_id("F4")) for t in spec["tasks"]]
     for m in spec["robust_ssl_methods"]:
-        p = P.CONTRASTIVE[m]["p"]
+        p = P.SUCCESSOR_P[m]
         for f in spec["robust_ssl_finetune"]:
-            rows.append((f"({p},{f})", P.CONTRASTIVE_LABEL[m], m, m, P.finetune_id(f)))
+            rows.append((f"({p},{f})", P.SUCCESSOR_LABEL[m], m, m, P.finetune_id(f)))
     return rows
 
 
 def pretrain_hours(run_dir, src, seed) -> float:
-    """Training hours of a pretraining on its device (meta.json train_seconds, across resumes)."""
-    return read_json(pretrain_dir(run_dir, src, seed) / "meta.json")["train_seconds"] / 3600
+    """Training hours of a pretraining on its device (meta.json train_seconds, across resumes),
+    every job the source stands on summed (DynACL++: DynACL's pretraining, its LP and AFT)."""
+    return sum(read_json(pretrain_dir(run_dir, pt, seed) / "meta.json")["train_seconds"]
+               for pt in P.pretrain_chain(src)) / 3600
 
 
 def pretrain_bf16(run_dir, src, seed) -> bool:
-    """Whether a pretraining ran its steps in bf16 autocast (meta.json's fast settings)."""
-    return bool(read_json(pretrain_dir(run_dir, src, seed) / "meta.json").get("fast", {}).get("bf16"))
+    """Whether a pretraining (any job of its chain) ran its steps in bf16 autocast (meta.json's fast settings)."""
+    return any(read_json(pretrain_dir(run_dir, pt, seed) / "meta.json").get("fast", {}).get("bf16")
+               for pt in P.pretrain_chain(src))
 
 
 def robust_ssl_frame(spec: dict) -> pd.DataFrame:
