@@ -95,6 +95,7 @@ SRC_RE += "|" + CONTRASTIVE_RE
 # fine-tunes the released DynACL++ checkpoint. Not a pretrained-model id of the `pretrain` rule.
 DYNACLPP, DYNACLPP_BASE = "dynacl++", "dynacl"
 DYNACLPP_STAGES = {"lp": "dynacl++-lp", "aft": "dynacl++"}  # stage -> its directory under pretrain/
+DYNACLPP_STAGE_RE = "|".join(re.escape(d) for d in DYNACLPP_STAGES.values())
 SRC_RE += "|" + re.escape(DYNACLPP)
 # Every successor the robust_ssl section can list: its P mode and its label.
 SUCCESSOR_P = {**{m: v["p"] for m, v in CONTRASTIVE.items()}, DYNACLPP: "P3"}

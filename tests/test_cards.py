@@ -240,7 +240,8 @@ def test_dry_run_cards_carry_the_config_metadata_and_need_autoattack(tmp_path):
     out, jobs = _dry(["-s", str(SNAKEFILE), "-d", str(tmp_path), "--configfile", str(ROOT / "config/robust-ssl.yaml")],
                      tmp_path)
     cards = {s["name"].split(", run")[0]: s for s in _specs(out, "card")}
-    assert len(cards) == jobs["model_card"] == 9
+    assert len(cards) == jobs["model_card"] == 12  # SimCLR, ACL, DynACL, DynACL++ × SLF, ALF, AFF
+    assert cards["advss DynACL++ (P3,F4) AFF"]["reported"] == 50.34  # RSB's README
     dyn = cards["advss DynACL (P3,F4) AFF"]
     assert (dyn["venue"], dyn["reported"]) == ("ICLR 2023", 50.52) and dyn["authors"].startswith("Rundong Luo")
     assert cards["advss ACL (DS) (P3,F1) SLF"]["reported"] == 39.17

@@ -136,3 +136,48 @@ def test_the_budget_of_dynaclpp_includes_its_lp_and_aft(tmp_path):
         write_json(tmp_path / d / "meta.json", {"spec": spec, "epochs_run": epochs})
     assert training_passes(tmp_path, "dynacl++", "full-adv", 0) == 25 * 12 + 25 * 12 + 10 * 1 + 1000 * 12
     assert P.pretrain_chain("dynacl") == ["dynacl"] and P.pretrain_chain("scratch") == []
+
+
+def test_robust_ssl_dry_run_chains_dynaclpp_after_dynacl(tmp_path):
+    """config/robust-ssl.yaml's dry run: DynACL's pretraining → pseudo-labels (k-means, 10
+    clusters, clean BN) → LP on them (head only, 10 epochs, lr 0.01) → AFT from LP's model and
+    probed head (TRADES, 25 epochs, milestones [10, 20]) → SLF, ALF and AFF from AFT's model,
+    each job reading the previous one's output."""
+    import shlex
+
+    from conftest import ROOT
+    from test_robust_ssl_workflow import SNAKEFILE, _dry
+
+    out, jobs = _dry(["-s", str(SNAKEFILE), "-d", str(tmp_path), "--configfile",
+                      str(ROOT / "config" / "robust-ssl.yaml")], tmp_path)
+    assert jobs["pseudolabel"] == 1 and jobs["dynaclpp_stage"] == 2
+    key = "python -m advss "
+    cmds = [shlex.split(line[line.index(key):]) for line in out.splitlines() if key in line]
+
+    def flag(a, f):
+        return a[a.index(f) + 1] if f in a else None
+
+    def spec(a):
+        return __import__("json").loads(flag(a, "--spec"))
+
+    made = {flag(a, "--out-model") or flag(a, "--out"): a for a in cmds}
+    run_dir = "results/cifar10-robust-ssl"
+    pl = made[f"{run_dir}/pseudolabels/dynacl++/seed0/labels.pt"]
+    assert pl[3] == "pseudolabel" and flag(pl, "--model") == f"{run_dir}/pretrain/dynacl/seed0/model.pt"
+    assert made[flag(pl, "--model")][3] == "pretrain" and spec(made[flag(pl, "--model")])["task"] == "contrastive"
+    assert (spec(pl)["clusters"], spec(pl)["route"]) == (10, "clean")
+    lp = made[f"{run_dir}/pretrain/dynacl++-lp/seed0/model.pt"]
+    assert flag(lp, "--init") == flag(pl, "--model") and flag(lp, "--labels") == flag(pl, "--out")
+    s = spec(lp)
+    assert s["partial"] and s["partial_trains"] == "head" and s["objective"] == {"kind": "standard"}
+    assert (s["epochs"], s["optim"]["lr"], s["head_init"], s["keep_bn_copies"]) == (10, 0.01, "zero", True)
+    aft = made[f"{run_dir}/pretrain/dynacl++/seed0/model.pt"]
+    assert flag(aft, "--init") == flag(lp, "--out-model") and flag(aft, "--labels") == flag(pl, "--out")
+    s = spec(aft)
+    assert not s["partial"] and s["objective"]["kind"] == "trades" and s["head_init"] == "init"
+    assert (s["epochs"], s["optim"]["milestones"], s["batch_size"]) == (25, [10, 20], 512)
+    fts = {ft: made[f"{run_dir}/finetune/dynacl++/{ft}/seed0/model.pt"] for ft in ("partial-std", "partial-adv", "full-adv")}
+    assert all(flag(a, "--init") == flag(aft, "--out-model") and not flag(a, "--labels") for a in fts.values())
+    aff = spec(fts["full-adv"])  # RSB fine-tunes DynACL++ as DynACL: its AFF dual-BN, 25 epochs, [15, 20]
+    assert aff["dual_bn"] and (aff["epochs"], aff["optim"]["milestones"]) == (25, [15, 20])
+    assert spec(fts["partial-std"])["objective"] == {"kind": "standard"} and spec(fts["partial-std"])["epochs"] == 25

@@ -209,7 +209,7 @@ def finetune_spec(wildcards):
     fc = config["finetune"]
     settings = (
         robust_ssl_settings(wildcards)
-        if wildcards.src in P.CONTRASTIVE
+        if wildcards.src in P.SUCCESSOR_P  # the successors, DynACL++ included
         else P.finetune_settings(fc)
     )
     spec = {

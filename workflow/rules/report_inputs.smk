@@ -34,9 +34,14 @@ class Result:
 
 # Table 3 and Figure 1 (the core); each feature's inputs are in its *_inputs.smk.
 def pretrain_metas(srcs):
-    """The pretrainings' meta.json: their epochs and objectives are the budgets' first half."""
+    """The pretrainings' meta.json: their epochs and objectives are the budgets' first half
+    (every job a source stands on: DynACL++'s AFT, LP and DynACL's, P.pretrain_chain).
+    """
     return [
-        f"results/{RUN}/pretrain/{src}/seed{s}/meta.json" for src in srcs for s in SEEDS
+        f"results/{RUN}/pretrain/{pt}/seed{s}/meta.json"
+        for src in srcs
+        for pt in P.pretrain_chain(src)
+        for s in SEEDS
     ]
 
 

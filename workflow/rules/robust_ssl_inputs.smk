@@ -85,7 +85,7 @@ def model_card_jobs():
     """The fine-tuned models that get a card: the contrastive ones, when `cards` is on and
     AutoAttack scores them (RobustBench ranks cards by it: advss.cards)."""
     return (
-        [(m, ft) for m, ft in robust_ssl_jobs() if m in P.CONTRASTIVE]
+        [(m, ft) for m, ft in robust_ssl_jobs() if m in P.SUCCESSOR_P]
         if RSSL.get("cards", True) and AA
         else []
     )
@@ -97,7 +97,7 @@ def successor_claim_inputs():
     """
     if not (RSSL and AA):
         return []
-    p3 = [m for m in RSSL["methods"] if P.CONTRASTIVE[m]["p"] == "P3"]
+    p3 = [m for m in RSSL["methods"] if P.SUCCESSOR_P[m] == "P3"]
     jobs = [(P.pretrain_id(t, "P3"), "full-adv") for t in TASKS] + [
         (m, "full-adv") for m in p3
     ]
@@ -114,8 +114,8 @@ def card_spec(wildcards):
     and the method's paper and published figure (robust_ssl.card_info)."""
     f = P.FT_TO_F[wildcards.ft]
     info = RSSL.get("card_info", {}).get(wildcards.src, {})
-    label = P.CONTRASTIVE_LABEL.get(wildcards.src, wildcards.src)
-    p = P.CONTRASTIVE[wildcards.src]["p"] if wildcards.src in P.CONTRASTIVE else "P3"
+    label = P.SUCCESSOR_LABEL.get(wildcards.src, wildcards.src)
+    p = P.SUCCESSOR_P.get(wildcards.src, "P3")
     return _dump(
         {
             "name": f"advss {label} ({p},{f}) {P.SUCCESSOR_FT.get(f, '')}".strip()
