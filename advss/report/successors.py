@@ -80,7 +80,9 @@ def table_robust_ssl(spec: dict, prefix):
             if frame["pretrain_bf16"].any() else "the pretrainings ran in fp32, as ACL's and DynACL's code")
     caption = (f"Successors ({spec['run']}, {spec['arch']}): the 2020 pretext tasks' (P3,F4) beside the contrastive "
                f"family pretrained by the same loop: SimCLR (P2), ACL (DS, dual BN; P3), DynACL (ACL with its annealed "
-               f"augmentation; P3); fine-tuning by the successors' names SLF = F1 (partial ST), ALF = F2 (partial AT), "
+               f"augmentation and momentum encoder; P3), DynACL++ where listed (DynACL's model post-processed as "
+               f"PKU-ML/DYNACL @7d143db: k-means pseudo-labels on its features, linear probing then TRADES "
+               f"fine-tuning on them; its hours sum the three jobs); fine-tuning by the successors' names SLF = F1 (partial ST), ALF = F2 (partial AT), "
                f"AFF = F4 (full AT). Each row's fine-tuning and its data and selection are read from the job's spec: "
                f"the contrastive rows as RobustSSL_Benchmark @319a200 runs them (SLF: CE on the linear head; ALF: PGD-10 "
                f"cross-entropy AT; AFF: TRADES β = 6, for ACL and DynACL with dual BN, the clean input through the clean "
