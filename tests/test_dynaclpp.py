@@ -181,3 +181,31 @@ def test_robust_ssl_dry_run_chains_dynaclpp_after_dynacl(tmp_path):
     aff = spec(fts["full-adv"])  # RSB fine-tunes DynACL++ as DynACL: its AFF dual-BN, 25 epochs, [15, 20]
     assert aff["dual_bn"] and (aff["epochs"], aff["optim"]["milestones"]) == (25, [15, 20])
     assert spec(fts["partial-std"])["objective"] == {"kind": "standard"} and spec(fts["partial-std"])["epochs"] == 25
+
+
+def test_the_dynaclpp_row_is_trained_beside_its_published_figure(tmp_path):
+    """In the successors' table DynACL++ is a trained (P3,F4) row with RSB's 50.34 / 81.93 beside
+    it (no longer 'published only'), its hours the sum of DynACL's pretraining, LP and AFT."""
+    import pandas as pd
+
+    from advss.io import write_json
+    from advss.report.successors import table_robust_ssl
+    from test_successors import _fake_run, _spec
+
+    _fake_run(tmp_path)
+    d = tmp_path / "finetune" / "dynacl++" / "full-adv" / "seed0"
+    write_json(d / "test.json", {"ta": 0.8, "ra": 0.5, "n": 64})
+    write_json(d / "meta.json", {"epochs_to_best": 25, "epochs_run": 25, "spec_hash": "x",
+                                 "spec": {"objective": {"kind": "trades", "trades_beta": 6.0}, "dual_bn": True,
+                                          "threat": {"train_steps": 10}, "select_by": "last", "train_data": "all"}})
+    write_json(d / "eval" / "autoattack.json", {"ra": 0.45})
+    for pt, seconds in (("dynacl", 3600.0), ("dynacl++-lp", 360.0), ("dynacl++", 3240.0)):
+        write_json(tmp_path / "pretrain" / pt / "seed0" / "meta.json", {"train_seconds": seconds, "fast": {"bf16": False}})
+    table_robust_ssl(_spec(tmp_path, robust_ssl_methods=["acl", "dynacl++"], robust_ssl_finetune=["F4"]),
+                     tmp_path / "robust_ssl")
+    csv = pd.read_csv(tmp_path / "robust_ssl.csv")
+    row = csv[(csv["key"] == "dynacl++") & (csv["scenario"] == "(P3,F4)")]
+    assert len(row) == 1 and row.iloc[0]["model"] == "DynACL++" and row.iloc[0]["ra_aa"] == 45.0
+    assert (row.iloc[0]["published_aa"], row.iloc[0]["published_clean"]) == (50.34, 81.93)
+    assert row.iloc[0]["pretrain_hours"] == 2.0
+    assert "dynacl++" not in set(csv["key"][csv["model"].str.endswith("(published only)")])
