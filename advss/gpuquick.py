@@ -12,6 +12,7 @@ the jobs run (`advss.train.train` with the config's fast settings, CIFAR ResNet-
      check's figures, s/batch after warm-up, recompiles;
   2. the benchmark's (P1,F4) PGD-10 AT epoch at batch 128, graphs and compile on, and the
      reference-style loop in the same run (targets: ≤ 10 s per 45k epoch, ≥ 8×);
+     then the drill: a capture that fails at the stream level on purpose (`drill_row`);
   3. the same epoch with graphs off (the A/B that says what the graph gives);
   4. gpucheck Selfie AT pretraining (dropout in the graph), AP+DPE (double backward, the
      closed-form log-det), Rotation AT pretraining;
@@ -30,7 +31,9 @@ kind) and `python -m advss.bench` (batch 128 and 512, 1/2/4 jobs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +50,78 @@ def _bench_row(cfg, fast, variant, mode, bs, batches, work, device):
         raise RuntimeError(f"graphs {r['graphs_requested']} requested, but the step ran: {r['step_path']}")
     return {**{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}, "variant": variant,
             "batch": bs, "mode": mode}
+
+
+@contextlib.contextmanager
+def _item_while_capturing():
+    """The drill's step: the training step, which reads `inputs.sum().item()` while it is
+    being captured (only then: eager steps never do), with attention on the math kernel
+    (deterministic, so that the drill's run and the eager run can be compared exactly)."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from advss import standin
+    from advss import train as T
+
+    real = T.train_step
+
+    def step(*args):
+        if (args[7].is_cuda and torch.cuda.is_current_stream_capturing()) or standin.capturing():
+            args[7].sum().item()  # the inputs: a host read, which invalidates a CUDA capture
+        with sdpa_kernel(SDPBackend.MATH):
+            return real(*args)
+
+    T.train_step = step
+    try:
+        yield
+    finally:
+        T.train_step = real
+
+
+def drill_row(fast, model, work, device, batch=64, batches=6):
+    """The fallback drill (issue 23): Selfie AT pretraining, dropout in its transformer, with
+    graphs on and a step that reads `x.item()` while captured. On CUDA the capture fails in
+    cudaStreamEndCapture, which skips the generator's capture epilogue and the pool's release
+    (`advss.capture`); the job must fall back, continue eagerly with dropout and finish with
+    exactly the metrics of an eager run of the same step. Deterministic kernels, no compile."""
+    import argparse
+    import csv
+
+    import torch
+    import yaml
+
+    from advss.train import train
+
+    pretext = yaml.safe_load((gpucheck.ROOT / "config" / "demo.yaml").read_text())["pretext"]  # a 2-layer transformer
+    a = argparse.Namespace(train_steps=2, eval_steps=2, batch=batch, n_eval=batch)
+    spec = {**gpucheck.pretrain_spec("selfie-adv", a, {"pretext": pretext}, model, {}), "deterministic": True}
+    data = bench._dataset(work, batch * batches + batch // 2)
+    prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+            os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    runs, logs = {}, []
+    try:
+        with _item_while_capturing():
+            for name, graphs in (("drill", True), ("eager", False)):
+                d = Path(work) / f"drill-{name}"
+                train({**spec, "fast": {**fast, "compile": False, "cuda_graphs": graphs}}, data, d / "m.pt",
+                      d / "m.csv", d / "meta.json", device=device, log=logs.append)
+                with open(d / "m.csv") as f:
+                    rows = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+                runs[name] = rows, json.loads((d / "meta.json").read_text())
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])  # the later rows time the default path
+        if prev[2] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    (rows, meta), (eager_rows, _) = runs["drill"], runs["eager"]
+    diff = max((abs(float(r[k]) - float(e[k])) for r, e in zip(rows, eager_rows) for k in r if r[k] not in ("", None)),
+               default=0.0)
+    out = {"step_path": meta["step_path"], "metrics_equal": rows == eager_rows, "max_abs_diff": diff,
+           "batch": batch, "log": [m for m in logs if "graph" in m][:4]}
+    if not meta["step_path"].startswith("fallback:"):
+        raise RuntimeError(f"the drill's capture did not fail: the step ran {meta['step_path']}")
+    if rows != eager_rows:
+        raise RuntimeError(f"the drill's job finished with other metrics than the eager run (max |diff| {diff:.3g})")
+    return out
 
 
 def acl_row(path, fast, batches, work, device, arch=None, width=None):
@@ -155,6 +230,8 @@ def main(argv=None):
             return out
 
         row(f"reference-style AT-{a.batch} (fp32, DataLoader)", reference)
+        row("drill: x.item() in capture, then eager with dropout",
+            lambda: drill_row(fast, cfg["model"], Path(a.work) / "drill", device, min(a.batch, 64), a.check_batches))
         bench_row("graphs off, compile on")
         checker.run(record, ["selfie-adv", "ensemble-dpe", "rotation-adv"])
         bench_row("graphs on, compile off")

@@ -174,9 +174,32 @@ def member_losses_and_diversity(model, task, x, targets, ridge: float = RIDGE):
     only; the graph is kept so g can be differentiated again (by PGD or the weights)."""
     if not x.requires_grad:
         x = x.detach().requires_grad_(True)
-    losses, logits = task.member_losses(model, x, targets)
+    with double_backward_attention():
+        losses, logits = task.member_losses(model, x, targets)
     grads, = torch.autograd.grad(losses.sum(), x, create_graph=True)
     return losses, log_det_diversity(grads, ridge), logits
+
+
+# The path that is differentiated twice: convolution (cuDNN's backward has its double
+# backward, `_convolution_double_backward`), BatchNorm (`batchnorm_double_backward`),
+# LayerNorm, ReLU, dropout, embedding, gather, softmax/log-softmax, pooling as a mean, the
+# log-det's elementwise ops: all have double-backward formulas in derivatives.yaml. Attention
+# does not: the fused SDPA kernels (flash, memory-efficient, cuDNN; a CPU's flash kernel when
+# dropout is 0) have none ("derivative for aten::_scaled_dot_product_flash_attention_backward is
+# not implemented", pytorch/pytorch issue 116350), so the forward runs on the math kernel,
+# plain matmul/softmax/dropout ops that do.
+def double_backward_attention():
+    """Scaled-dot-product attention on the math kernel (see the comment above)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def attention_kernel(cfg: dict) -> tuple[str, str]:
+    """Which SDPA kernel the objective's attention runs on, and why (the job's log and meta.json)."""
+    if needs_double_backward(cfg):
+        return "math", "math: the objective differentiates twice, and the fused kernels have no double backward"
+    return "auto", "auto: PyTorch's choice (a fused kernel where one applies)"
 
 
 def ensemble(model, task, inputs, targets, gen, cfg, threat: Threat):

@@ -16,16 +16,23 @@ replays fixed kernels on fixed memory, so the step is written for it:
   * the learning rate is a 0-d tensor and the SGD update is written with foreach ops
     (`torch.optim.SGD` turns a tensor lr into a Python float, a host sync), on the same
     momentum buffers `torch.optim.SGD` keeps, so resume files are unchanged;
-  * nothing in the step reads a value back to the host.
+  * nothing in the step reads a value back to the host or copies host data in (the
+    guard, `advss.graphguard`, checks every op of the warm-up steps after the first).
 
 The same step function runs eagerly on a CPU and wherever graphs are off, so the CPU
-tests exercise it; `FakeGraph` stands in for capture on a CPU (a capture that leaves no
-trace, then replays of the step's Python) to test the runner's buffer plumbing (inputs,
-draws, lr), its failure paths and its replay check without CUDA.
+tests exercise it; `advss.standin.FakeGraph` stands in for capture on a CPU (a guarded
+capture that leaves no trace and records its ops, then replays of the step's Python that
+must issue the same ops) to test the runner's buffer plumbing (inputs, draws, lr), its
+failure paths and its replay check (`advss.replaycheck`) without CUDA; `advss.capture`
+captures on CUDA and undoes a capture that failed.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+from advss.graphguard import describe  # noqa: F401 - the runner's one-line errors, re-exported
 
 
 # ------------------------------------------------------------------ draws
@@ -157,36 +164,24 @@ def train_step(model, task, objective, obj_cfg, threat, opt, bf16, inputs, targe
 
 
 # ------------------------------------------------------------------ the runner
-def describe(e: BaseException) -> str:
-    """One line for the log: the exception's first line (its repr when the message is
-    empty), and the error it was raised while handling, which is where CUDA's generic
-    "operation failed due to a previous error during capture" keeps the real cause."""
-    def one(x):
-        first = str(x).strip().splitlines()
-        return f"{type(x).__name__}: {first[0][:200]}" if first else repr(x)
-
-    ctx = e.__cause__ or e.__context__
-    return one(e) + (f" (while handling {one(ctx)})" if ctx is not None else "")
-
-
 class _Snapshot:
-    """Everything a step mutates: parameters, buffers (BatchNorm statistics), optimiser
-    state (momentum), the batch generator and the default generators (dropout). Taken
-    once per job around capture, so that a failed capture, a failed first replay or the
-    replay check leaves exactly the state an eager run would have."""
+    """Everything a step mutates, by name (`replaycheck.state_names`: parameters, buffers
+    such as BatchNorm's statistics, momentum), the batch generator and the default
+    generators (dropout). Taken around capture, so that a failed capture, a failed first
+    replay or the replay check leaves exactly the state an eager run would have."""
 
-    def __init__(self, tensors, gen, dev):
+    def __init__(self, named: dict, gen, dev):
         with torch.no_grad():
-            self.saved = [t.detach().clone() for t in tensors]
-        self.tensors, self.gen, self.dev = tensors, gen, dev
+            self.saved = {k: t.detach().clone() for k, t in named.items()}
+        self.named, self.gen, self.dev = named, gen, dev
         self.gen_state = gen.get_state() if gen is not None else None
         self.cpu_rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None
 
     @torch.no_grad()
     def restore(self):
-        for t, s in zip(self.tensors, self.saved):
-            t.detach().copy_(s)
+        for k, t in self.named.items():
+            t.detach().copy_(self.saved[k])
         self.restore_rng()
 
     def restore_rng(self):
@@ -197,93 +192,29 @@ class _Snapshot:
             torch.cuda.set_rng_state(self.cuda_rng, self.dev)
 
 
-class FakeGraph:
-    """A CPU stand-in for a CUDA graph, as strict about state as capture is: `capture`
-    runs the step and then undoes everything it changed (CUDA capture executes no kernel,
-    so nothing persists), and `replay` runs the step's Python again on the same static
-    buffers. It cannot freeze host values the way a real graph does; that is what the
-    on-device replay check of `StepRunner` is for.
-
-    `fail=(where, message, halfway)` injects a failure for the tests: at 'capture' or at
-    the first 'replay', with that message ('' for an empty one), raised before the step
-    runs or, with halfway, after it has changed weights, BN statistics and momentum."""
-
-    def __init__(self, undo=None, fail=None):
-        self.fn, self.undo, self.fail, self.replays = None, undo, fail, 0
-
-    def _maybe_fail(self, where, fn):
-        if not self.fail or self.fail[0] != where or (where == "replay" and self.replays > 1):
-            return fn()
-        _, message, halfway = self.fail
-        if halfway:  # the step's forward passes, BN updates, backward and SGD update all ran
-            fn()
-        raise RuntimeError(message)
-
-    def capture(self, fn):
-        self.fn = fn
-        self._maybe_fail("capture", fn)
-        if self.undo is not None:
-            self.undo()
-
-    def replay(self):
-        self.replays += 1
-        return self._maybe_fail("replay", self.fn)
-
-
-_FakeGraphBase = FakeGraph  # the class itself; `FakeGraph` is what the runner builds (tests replace it)
-
-
-def _cuda_capture(graph, fn, dev):
-    """torch.cuda.graph's capture without its trap: its __exit__ calls capture_end()
-    before leaving the stream context, so a failing capture_end left the job on the
-    capture stream. Here the stream context always exits, and a step that raises still
-    ends the capture (its own error stays the one reported)."""
-    import gc
-
-    torch.cuda.synchronize(dev)
-    gc.collect()
-    torch.cuda.empty_cache()
-    side = torch.cuda.Stream(dev)
-    side.wait_stream(torch.cuda.current_stream(dev))
-    with torch.cuda.stream(side):
-        graph.capture_begin()
-        try:
-            out = fn()
-        except BaseException:
-            try:
-                graph.capture_end()
-            except Exception:  # noqa: BLE001 - the step's error is the cause, raised below
-                pass
-            raise
-        graph.capture_end()
-    torch.cuda.current_stream(dev).wait_stream(side)
-    return out
-
-
-# Replay check tolerances (bf16 autocast and cuDNN's algorithm choice make a replay differ
-# from an eager step in the last bits, not in direction): the loss to 1e-2 relative, and
-# the parameter update of the two runs at a cosine of at least 0.99.
-REPLAY_LOSS_RTOL = 1e-2
-REPLAY_MIN_COSINE = 0.99
-
-
 class StepRunner:
-    """Calls `step(inputs, targets, draws, lr)` for each batch: eagerly, or as a CUDA
-    graph captured after `warmup` eager steps (real training steps, run on a side stream
-    as CUDA requires; on CUDA all but the first, which compiles, run with
-    `torch.cuda.set_sync_debug_mode("error")` so that a hidden host sync surfaces before
-    capture). The batch after capture is replayed, then run again eagerly from the same
-    snapshot with the same draws: if loss or update disagree, the graph is dropped.
+    """Calls `step(inputs, targets, draws, lr)` for each batch: eagerly, or as a CUDA graph
+    (or its CPU stand-in, `advss.standin.FakeGraph`) captured after `warmup` eager steps.
+
+      warm-up   real training steps, on a side stream as CUDA requires; all but the first
+                (which compiles) under the guard (`advss.graphguard`: host reads and host
+                data by name, torch's sync-debug mode, no recompiles);
+      capture   with no recompiles (`advss.capture.cuda_capture`; the stand-in's capture
+                is also guarded), then the same batch replayed;
+      check     the batch run again eagerly from the same snapshot: what the replay must
+                equal is `advss.replaycheck`'s; a mismatch drops the graph.
 
     `mode` says which path really ran: 'off' (graphs not requested), 'warm-up' (not yet
-    captured), 'captured' or 'fallback: <reason>'. Any failure falls back to eager with
-    the state an eager run would have, and says why in the log, once."""
+    captured), 'captured' or 'fallback: <reason>'. Any failure falls back to eager with the
+    state an eager run would have (the default generator's capture flag reset included),
+    and says why in the log, once."""
 
-    def __init__(self, step, device, graphs: str = "off", warmup: int = 3, log=print, model=None, opt=None):
+    def __init__(self, step, device, graphs: str = "off", warmup: int = 3, log=print, model=None, opt=None,
+                 precision: str = "fp32"):
         if graphs not in ("off", "cuda", "fake"):
             raise ValueError(f"graphs must be off, cuda or fake, not {graphs!r}")
         self.step, self.dev, self.graphs, self.warmup, self.log = step, torch.device(device), graphs, warmup, log
-        self.model, self.opt = model, opt
+        self.model, self.opt, self.precision = model, opt, precision
         self.lr = torch.zeros((), device=device)
         self.draws = Draws()
         self.calls = 0
@@ -303,18 +234,17 @@ class StepRunner:
         """No more warm-up, capture or check work to come: batches from here are timed."""
         return self.mode != "warm-up"
 
-    def _tensors(self):
-        ts = []
-        if self.model is not None:
-            ts += list(self.model.parameters()) + list(self.model.buffers())
-        if self.opt is not None:
-            ts += [v for st in self.opt.state.values() for v in st.values() if torch.is_tensor(v)]
-        return ts
+    def _state(self) -> dict:
+        from advss.replaycheck import state_names
 
-    def _params(self):
-        if self.opt is not None:
-            return [p for g in self.opt.param_groups for p in g["params"]]
-        return list(self.model.parameters()) if self.model is not None else []
+        if self.model is None:
+            return {}
+        named = state_names(self.model, self.opt)
+        seen = {id(t) for t in named.values()}
+        if self.opt is not None:  # any other optimiser state
+            for i, st in enumerate(self.opt.state.values()):
+                named.update({f"opt:{i}:{k}": v for k, v in st.items() if torch.is_tensor(v) and id(v) not in seen})
+        return named
 
     def _eager(self, inputs, targets, gen):
         return self.step(inputs, targets, Draws().start(gen), self.lr)
@@ -333,7 +263,7 @@ class StepRunner:
         self.calls += 1
         if self.captured:
             self.draws.refill(gen)
-            self._replay()
+            self.graph.replay()
             return self.out
         if self.calls <= self.warmup:
             return self._warmup_step(si, st, gen)
@@ -345,106 +275,98 @@ class StepRunner:
         if self.dev.type == "cuda":
             torch.cuda.synchronize(self.dev)
         snap.restore()
-        self._generators_usable(snap)
+        self._generator_usable(snap)
         self.log(f"CUDA graphs off for the rest of this job: {reason}; it continues eagerly"
                  if self.graphs == "cuda" else f"graph stand-in off for the rest of this job: {reason}")
         return self._eager(si, st, snap.gen)
 
-    def _generators_usable(self, snap):
-        """A capture that failed in cudaStreamEndCapture skips torch's capture epilogue and
-        can leave the default CUDA generator marked as capturing: the next dropout would fail.
-        Draw once to see; restore its state once; otherwise stop with a clear error."""
-        if self.dev.type != "cuda":
-            return
-        for attempt in range(2):
-            try:
-                torch.rand(1, device=self.dev)
-                return
-            except RuntimeError as e:
-                if attempt:
-                    raise RuntimeError("the default CUDA generator is unusable after a failed CUDA-graph capture "
-                                       f"({describe(e)}); rerun this job with fast.cuda_graphs: false") from e
-                snap.restore_rng()
+    def _generator_usable(self, snap):
+        """A capture that failed in cudaStreamEndCapture can leave the default generator
+        marked as capturing (`advss.capture`): reset it, restore its seed and offset, and
+        draw once to see (then restore again, so that dropout draws what an eager run does)."""
+        from advss import capture
+
+        gen = capture.default_generator(self.dev)
+        capture.reset_generator(gen, self.dev)
+        snap.restore_rng()
+        try:
+            capture.draw(gen, self.dev)
+        except RuntimeError as e:
+            raise RuntimeError("the default CUDA generator is unusable after a failed CUDA-graph capture "
+                               f"({describe(e)}); rerun this job with fast.cuda_graphs: false") from e
+        snap.restore_rng()
 
     def _warmup_step(self, si, st, gen):
-        if self.graphs != "cuda":
-            return self.step(si, st, self.draws.start(gen), self.lr)
-        s = torch.cuda.Stream(self.dev)
-        s.wait_stream(torch.cuda.current_stream(self.dev))
-        guard = self.calls > 1  # the first step compiles, and inductor's autotuning synchronises
-        snap = _Snapshot(self._tensors(), gen, self.dev) if guard else None
-        prev, err = torch.cuda.get_sync_debug_mode(), None
+        from advss import graphguard
+
+        if self.calls == 1:  # compiles; inductor's autotuning synchronises
+            with _side_stream(self.dev, self.graphs == "cuda"):
+                return self.step(si, st, self.draws.start(gen), self.lr)
+        snap = _Snapshot(self._state(), gen, self.dev)
         try:
-            with torch.cuda.stream(s):
-                if guard:
-                    torch.cuda.set_sync_debug_mode("error")
-                out = self.step(si, st, self.draws.start(gen), self.lr)
-        except RuntimeError as e:
-            if not guard:
-                raise
-            err = e
-        finally:
-            torch.cuda.set_sync_debug_mode(prev)
-            torch.cuda.current_stream(self.dev).wait_stream(s)
-        if err is not None:
-            return self._fallback(f"host sync in the step ({describe(err)})", snap, si, st)
-        return out
+            with _side_stream(self.dev, self.graphs == "cuda"), graphguard.guarded(self.dev):
+                return self.step(si, st, self.draws.start(gen), self.lr)
+        except Exception as e:  # noqa: BLE001 - named by graphguard.reason; a real bug recurs eagerly
+            return self._fallback(graphguard.reason(e, f"warm-up step {self.calls}"), snap, si, st)
 
     def _capture_and_check(self, si, st, gen):
+        from advss import capture, graphguard, standin
+
         self.draws.make_static()
-        snap = _Snapshot(self._tensors(), gen, self.dev)
+        snap = _Snapshot(self._state(), gen, self.dev)
         fn = lambda: self.step(si, st, self.draws, self.lr)  # noqa: E731
+        where = "capture"
         try:
             self.draws.refill(gen)
-            if self.graphs == "cuda":
-                self.graph = torch.cuda.CUDAGraph()
-                self.out = _cuda_capture(self.graph, fn, self.dev)
-            else:
-                self.graph = FakeGraph(undo=snap.restore)
-                self.graph.capture(fn)
+            with graphguard.no_recompile():
+                if self.graphs == "cuda":
+                    self.graph, self.out = capture.cuda_capture(fn, self.dev)
+                else:
+                    self.graph = standin.FakeGraph(undo=snap.restore)
+                    self.out = self.graph.capture(fn)
+            where = "first replay"
             snap.restore()             # nothing of the capture persists (CUDA ran no kernel)
             self.draws.refill(gen)     # the same draws an eager step takes from this batch
-            self._replay()
+            self.graph.replay()
             if self.dev.type == "cuda":
                 torch.cuda.synchronize(self.dev)
         except Exception as e:  # noqa: BLE001 - any capture or first-replay failure falls back, visibly
-            return self._fallback(f"capture failed: {describe(e)}", snap, si, st)
+            return self._fallback(graphguard.reason(e, where), snap, si, st)
         return self._check(snap, si, st)
 
     def _check(self, snap, si, st):
-        """Run the replayed batch once more eagerly from the same snapshot and compare."""
-        params = self._params()
-        before = {id(t): s for t, s in zip(snap.tensors, snap.saved)}
-        def update():  # every parameter's change since the snapshot, as one float64 vector
-            return torch.cat([(p.detach() - before[id(p)]).double().flatten() for p in params]
-                             + [torch.zeros(0, dtype=torch.float64, device=self.dev)])
+        """Run the replayed batch once more eagerly from the same snapshot and compare
+        (`advss.replaycheck`: what a replay must equal)."""
+        from advss import replaycheck
 
-        with torch.no_grad():
-            g_loss = self.out[0].detach().double().sum()  # the step's scalar loss
-            g_delta = update()
+        graph = replaycheck.Outcome(self.out[0], self.model, self.opt, snap.saved)
         snap.restore()
         out = self.step(si, st, Draws().start(snap.gen), self.lr)
-        with torch.no_grad():
-            e_loss = out[0].detach().double().sum()
-            e_delta = update()
-            ng, ne = g_delta.norm(), e_delta.norm()
-            cos = 1.0 if float(ng) == 0 and float(ne) == 0 else float(g_delta @ e_delta / (ng * ne).clamp_min(1e-300))
-            rel = float((g_loss - e_loss).abs() / e_loss.abs().clamp_min(1e-12))
-        self.check = {"loss_graph": float(g_loss), "loss_eager": float(e_loss), "loss_rel_diff": rel,
-                      "update_cosine": cos, "loss_rtol": REPLAY_LOSS_RTOL, "min_cosine": REPLAY_MIN_COSINE}
-        figures = f"loss {float(g_loss):.6g} vs eager {float(e_loss):.6g} (rel {rel:.1e}), update cosine {cos:.6f}"
-        if not (rel <= REPLAY_LOSS_RTOL and cos >= REPLAY_MIN_COSINE):  # NaN fails too
-            self.graph, self.draws, self.mode = None, Draws(), f"fallback: replay mismatch ({figures})"
+        eager = replaycheck.Outcome(out[0], self.model, self.opt, snap.saved)
+        self.check = replaycheck.compare(graph, eager, self.precision)
+        figures = replaycheck.summary(self.check)
+        if not self.check["passed"]:
+            self.graph, self.draws = None, Draws()
+            self.mode = f"fallback: replay mismatch ({self.check['worst']}, tolerance {self.check['rtol']:g})"
             self.log(f"the captured step disagrees with the eager step: {figures}; the graph is dropped and "
                      "this job continues eagerly from the eager step's state")
             return out
         self.mode = "captured"
-        self.log(f"captured the training step as a {'CUDA' if self.graphs == 'cuda' else 'fake (CPU)'} graph "
+        self.log(f"captured the training step as a {'CUDA' if self.graphs == 'cuda' else 'stand-in (CPU)'} graph "
                  f"after {self.warmup} eager warm-up steps; replay check: {figures}")
         return out
 
-    def _replay(self):
-        if self.graphs == "cuda":
-            self.graph.replay()
-        else:
-            self.out = self.graph.replay()
+
+@contextlib.contextmanager
+def _side_stream(dev, on: bool):
+    """CUDA's warm-up steps run on a side stream, joined after (`on` False: nothing)."""
+    if not on:
+        yield
+        return
+    s = torch.cuda.Stream(dev)
+    s.wait_stream(torch.cuda.current_stream(dev))
+    try:
+        with torch.cuda.stream(s):
+            yield
+    finally:
+        torch.cuda.current_stream(dev).wait_stream(s)

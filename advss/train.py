@@ -28,7 +28,7 @@ from advss.fast import apply_fast, fast_settings
 from advss.io import (AdvssError, batch_seed, exclusive_lock, generator, pick_device, provenance, set_deterministic,
                       spec_hash, torch_load, torch_save, write_json, write_text)
 from advss.models import Model, init_weights, load_checkpoint, load_trunk, save_checkpoint, zero_head
-from advss.objectives import OBJECTIVES, needs_double_backward
+from advss.objectives import OBJECTIVES, attention_kernel, needs_double_backward
 from advss.pretext import build
 from advss.pretext.contrastive import adv_copy, dual_bn_finetune
 from advss.pseudolabel import carried_bn_copies, relabel
@@ -212,9 +212,12 @@ def setup(spec: dict, data_path, init=None, resume_dir=None, device="auto", log=
             transfer["frozen_prefixes"] = list(frozen)
     obj = spec["objective"]
     fast = fast_settings(spec, dev)
-    requested = dict(fast)
+    fast["sdpa"], fast["why"]["sdpa"] = attention_kernel(obj)  # the attention kernel (Selfie's transformer)
+    requested = {**fast, "why": dict(fast["why"])}
     if fast["compile"] and needs_double_backward(obj):
         fast["compile"] = False
+        fast["why"]["compile"] = ("off: the objective differentiates twice (AP+DPE's log-det regulariser), "
+                                  "which compiled graphs do not support")
         log("torch.compile is off for this job: its objective differentiates twice (AP+DPE's log-det "
             "regulariser), which compiled graphs do not support; the step is still captured as a graph")
     apply_fast(model, dev, fast)
@@ -254,10 +257,13 @@ def setup(spec: dict, data_path, init=None, resume_dir=None, device="auto", log=
     # weight them twice; a new shape would make torch.compile and the CUDA graph start over.
     steps_per_epoch = len(fx) // bs
     step_fn = functools.partial(train_step, model, task, objective, obj, train_threat, opt, fast["bf16"])
-    runner = StepRunner(step_fn, dev, fast["graphs"], log=log, model=model, opt=opt)
-    log(f"fast path: bf16 {fast['bf16']}, channels-last {fast['channels_last']}, compile {fast['compile']}, "
-        f"graphs {fast['graphs']}; {steps_per_epoch} batches of {bs} per epoch"
-        + (f" ({len(fx) - steps_per_epoch * bs} left over each epoch)" if len(fx) % bs else ""))
+    runner = StepRunner(step_fn, dev, fast["graphs"], log=log, model=model, opt=opt,
+                        precision="bf16" if fast["bf16"] else "fp32")
+    log(f"fast path on {fast['device']}: bf16 {fast['bf16']}, channels-last {fast['channels_last']}, "
+        f"compile {fast['compile']}, graphs {fast['graphs']}, attention {fast['sdpa']}; "
+        f"{steps_per_epoch} batches of {bs} per epoch"
+        + (f" ({len(fx) - steps_per_epoch * bs} left over each epoch)" if len(fx) % bs else "")
+        + "; why: " + "; ".join(f"{k} {v}" for k, v in fast["why"].items()))
     return Job(spec=spec, stage=stage, started=started, dev=dev, model=model, task=task, opt=opt, runner=runner,
                fast=fast, fast_requested=requested,
                frozen=frozen, transfer=transfer, fit=(fx, fy), val=(vx, vy), eval_threat=eval_threat, bs=bs,

@@ -2,6 +2,7 @@
 import csv
 import json
 
+import pytest
 import torch
 
 from advss import bench, data as D
@@ -10,14 +11,46 @@ from advss.train import train
 from conftest import ROOT, TINY_MODEL, train_spec
 
 
-def test_fast_settings_auto_is_off_on_cpu_and_on_on_cuda():
+def _fake_gpu(monkeypatch, cc, name):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev=None: cc)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev=None: name)
+
+
+def test_fast_settings_auto_is_off_on_cpu_and_on_on_cuda(monkeypatch):
     keys = ("bf16", "channels_last", "compile", "graphs")
     pick = lambda f: tuple(f[k] for k in keys)  # noqa: E731
     assert pick(fast_settings({}, torch.device("cpu"))) == (False, False, False, "off")
+    _fake_gpu(monkeypatch, (9, 0), "NVIDIA H100 80GB HBM3")
     assert pick(fast_settings({}, torch.device("cuda"))) == (True, True, True, "cuda")
     forced = fast_settings({"fast": {"precision": "bf16", "channels_last": True, "compile": False,
                                      "cuda_graphs": True}}, torch.device("cpu"))
     assert pick(forced) == (True, True, False, "fake")  # graphs forced on a CPU: the plumbing test
+    assert forced["why"]["precision"].startswith("bf16: forced by the spec")
+
+
+@pytest.mark.parametrize("cc,name,bf16,compile_", [
+    ((7, 0), "Tesla V100-SXM2-32GB", False, True),      # no native bf16; Triton runs on Volta
+    ((8, 0), "NVIDIA A100-SXM4-80GB", True, True),
+    ((6, 0), "Tesla P100-PCIE-16GB", False, False),     # Triton refuses cc < 7.0
+])
+def test_auto_follows_the_devices_capability_and_says_why(monkeypatch, cc, name, bf16, compile_):
+    _fake_gpu(monkeypatch, cc, name)
+    f = fast_settings({"fast": {"precision": "auto", "compile": "auto", "cuda_graphs": "auto"}}, torch.device("cuda"))
+    assert (f["bf16"], f["compile"], f["graphs"], f["tf32"]) == (bf16, compile_, "cuda", False)
+    assert name in f["device"] and f"{cc[0]}.{cc[1]}" in f["device"]
+    assert f["why"]["precision"].startswith("bf16: native" if bf16 else "fp32: bf16 is not native")
+    assert f["why"]["compile"].startswith("on: inductor" if compile_ else "off: inductor's Triton backend needs")
+    assert f["why"]["graphs"] == "cuda: CUDA graphs wherever CUDA is"
+    forced_fp32 = fast_settings({"fast": {"precision": "fp32"}}, torch.device("cuda"))
+    assert forced_fp32["tf32"] == (cc >= (8, 0))  # TF32 where the device has it
+
+
+def test_meta_records_each_fast_decision_and_the_attention_kernel(tiny_data, tmp_path):
+    d = tmp_path / "m"
+    train(train_spec(epochs=1), tiny_data, d / "m.pt", d / "m.csv", d / "meta.json", device="cpu", log=lambda m: None)
+    meta = json.loads((d / "meta.json").read_text())
+    assert set(meta["fast"]["why"]) >= {"precision", "compile", "channels_last", "graphs", "sdpa"}
+    assert meta["fast"]["sdpa"] == "auto" and meta["fast"]["device"] == "a CPU"
 
 
 def test_bf16_pgd20_ra_within_half_a_point_of_fp32():

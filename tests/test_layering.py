@@ -18,7 +18,11 @@ PKG = ROOT / "advss"
 # (or, inside one package, the package's own lower modules: see `allowed`).
 LAYERS = [
     ["advss"],  # the package itself: its version only
+    ["advss.graphguard", "advss.replaycheck"],  # the CUDA-graph path's guard and replay check (torch only)
+    ["advss.standin"],  # the CPU stand-in for a CUDA graph
+    ["advss.capture"],  # CUDA capture and its clean-up
     ["advss.protocol", "advss.classmap", "advss.step", "advss.fast"],  # base: no advss imports but protocol
+    # and the graph path's modules above
     ["advss.io"],  # files, seeds, devices, provenance
     ["advss.imagefolder", "advss.models", "advss.tables"],  # image folders, models, table writers
     ["advss.data"],

@@ -40,6 +40,16 @@ from advss.pretext.base import Task
 LUMA = (0.299, 0.587, 0.114)
 YIQ = torch.tensor([LUMA, [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 YIQ_INV = torch.linalg.inv(YIQ)
+LUMA_T = torch.tensor(LUMA).view(1, 3, 1, 1)
+_ON_DEVICE = {}  # (id, device, dtype) -> the constant there, copied once (a per-batch copy is a host round trip)
+
+
+def _on(const: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A module constant on `like`'s device and dtype, copied there once."""
+    key = (id(const), like.device, like.dtype)
+    if key not in _ON_DEVICE:
+        _ON_DEVICE[key] = const.to(like)
+    return _ON_DEVICE[key]
 
 
 # ------------------------------------------------------------------ augmentation
@@ -73,17 +83,17 @@ def draw_params(n: int, gen, dev, strength: float = 1.0) -> dict:
 
 
 def _gray(x):
-    return (x * x.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return (x * _on(LUMA_T, x)).sum(1, keepdim=True)
 
 
 def _hue(x, shift):
     """Hue rotation by shift·2π in YIQ space (a linear stand-in for torchvision's HSV
     hue shift, batched without per-pixel branches)."""
-    y = torch.einsum("ij,njhw->nihw", YIQ.to(x), x)
+    y = torch.einsum("ij,njhw->nihw", _on(YIQ, x), x)
     a = (2 * math.pi * shift).view(-1, 1, 1)
     i, q = y[:, 1], y[:, 2]
     y = torch.stack([y[:, 0], i * a.cos() - q * a.sin(), i * a.sin() + q * a.cos()], 1)
-    return torch.einsum("ij,njhw->nihw", YIQ_INV.to(x), y).clamp(0, 1)
+    return torch.einsum("ij,njhw->nihw", _on(YIQ_INV, x), y).clamp(0, 1)
 
 
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")  # the index order of draw_params' "order"

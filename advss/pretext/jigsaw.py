@@ -41,6 +41,7 @@ class Jigsaw(Task):
         else:
             self.perms = permutation_table(n_perms, grid * grid, perm_seed)
         self.n_classes = len(self.perms)
+        self._on_device = {}
 
     def make_batch(self, x, y, gen):
         """With probability p_permute draw a row uniformly from the whole table, the
@@ -53,14 +54,21 @@ class Jigsaw(Task):
         labels = torch.where(permute, which, torch.zeros_like(which)).to(x.device)
         return self.apply(x, labels), labels
 
+    def table(self, device) -> torch.Tensor:
+        """The permutation table on `device`, copied there once: a copy per batch would be a
+        blocking host-to-device round trip (and, under a CUDA graph, a frozen one)."""
+        if device not in self._on_device:
+            self._on_device[device] = self.perms.to(device)
+        return self._on_device[device]
+
     def apply(self, x, labels):
-        perm = self.perms.to(x.device)[labels]                                  # n×P
+        perm = self.table(x.device)[labels]                                     # n×P
         p = patchify(x, self.grid)
         idx = perm[:, None, :, None, None].expand(-1, p.shape[1], -1, p.shape[3], p.shape[4])
         return unpatchify(torch.gather(p, 2, idx), self.grid)
 
     def undo(self, x, labels):
-        inv = torch.argsort(self.perms.to(x.device)[labels], dim=1)
+        inv = torch.argsort(self.table(x.device)[labels], dim=1)
         p = patchify(x, self.grid)
         idx = inv[:, None, :, None, None].expand(-1, p.shape[1], -1, p.shape[3], p.shape[4])
         return unpatchify(torch.gather(p, 2, idx), self.grid)
