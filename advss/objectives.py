@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from advss.attacks import Threat, bn_mode, pgd
-from advss.pretext.contrastive import bn_route
+from advss.dualbn import bn_route
 from advss.step import randn_like
 
 

@@ -30,7 +30,7 @@ from advss.io import (AdvssError, batch_seed, exclusive_lock, generator, pick_de
 from advss.models import Model, init_weights, load_checkpoint, load_trunk, save_checkpoint, zero_head
 from advss.objectives import OBJECTIVES, attention_kernel, needs_double_backward
 from advss.pretext import build
-from advss.pretext.contrastive import adv_copy, dual_bn_finetune
+from advss.dualbn import adv_copy, dual_bn_finetune
 from advss.pseudolabel import carried_bn_copies, relabel
 from advss.step import StepRunner, init_momentum, train_step
 
@@ -164,7 +164,7 @@ class Job:
 
 def setup(spec: dict, data_path, init=None, resume_dir=None, device="auto", log=print, labels=None) -> Job:
     """Seed, load the data (its training labels replaced by the pseudo-labels file `labels`
-    where given: DynACL++'s LP and AFT), build the model (from `init` where given), choose the
+    where given: a pseudo-label stage), build the model (from `init` where given), choose the
     fast path and build the optimiser and the step runner."""
     started = time.time()
     stage = spec["stage"]
@@ -192,18 +192,18 @@ def setup(spec: dict, data_path, init=None, resume_dir=None, device="auto", log=
     if init:
         ck = load_checkpoint(init, spec["model"])
         prefixes = ck.get("transfer_prefixes", ["trunk."])
-        if spec.get("dual_bn"):  # RSB's AFF after ACL/DynACL: both BN copies, the adversarial one kept
+        if spec.get("dual_bn"):  # a dual-BN fine-tuning (RSB's AFF): both BN copies, the adversarial one kept
             try:
                 ck = dual_bn_finetune(model, ck, init)
             except ValueError as e:
                 raise AdvssError(str(e)) from None
-        if spec.get("keep_bn_copies"):  # DynACL++'s LP and AFT: one copy trained, the other carried along
+        if spec.get("keep_bn_copies"):  # a pseudo-label stage: one copy trained, the other carried along
             if not ck.get("bn_copies"):
                 raise AdvssError(f"keep_bn_copies: {init} keeps one BN copy; it needs a dual-BN pretraining")
             carry = ck
-        # head_init 'init': the head too (a probed head: DynACL++'s AFT starts from its LP's)
+        # head_init 'init': the head too (a probed head: a fine-tuning that starts from a linear probe's)
         transfer = load_trunk(model, ck, [*prefixes, "head."] if head_init == "init" else prefixes, init)
-        if head_init == "zero":  # RSB and DynACL zero the linear head before fine-tuning
+        if head_init == "zero":  # RSB zeroes the linear head before fine-tuning
             zero_head(model)
         log(f"loaded {transfer['loaded']} pretrained trunk tensors from {init}; "
             f"{len(transfer['kept_at_init'])} kept at init")
@@ -230,7 +230,7 @@ def setup(spec: dict, data_path, init=None, resume_dir=None, device="auto", log=
     if o.get("optimizer") == "lars":  # the step's LARS (advss.step._lars), with SGD's momentum buffers
         opt.param_groups[0]["lars_eta"] = float(o.get("lars_eta", 0.001))
     init_momentum(opt)
-    # a task may run each step's objective inside its own work (DynACL's momentum encoder: its EMA)
+    # a task may run each step's objective inside its own work (a momentum encoder's EMA update)
     objective = getattr(task, "wrap_objective", lambda f: f)(OBJECTIVES[obj["kind"]])
     threat_cfg = spec.get("threat")
     train_threat = Threat.from_cfg(threat_cfg, "train_steps") if threat_cfg else None

@@ -11,8 +11,8 @@ from advss.attacks import Threat
 from advss.models import load_checkpoint
 from advss.objectives import OBJECTIVES
 from advss.pretext import build, build_task
-from advss.pretext.contrastive import (DualBatchNorm, apply_params, draw_params, dynacl_adv_weight, dynacl_strength,
-                                       nt_xent)
+from advss.dualbn import DualBatchNorm
+from advss.pretext.contrastive import apply_params, draw_params, dynacl_adv_weight, dynacl_strength, nt_xent
 from advss.train import train
 from conftest import TINY_MODEL, train_spec
 

@@ -154,6 +154,7 @@ CONTRASTIVE_FILES = {
     "report/successors.py",    # its table
     "claims.py",               # its claims row
     "gpucheck.py",             # its GPU-path kinds
+    "report/compute.py",       # the compute table's budget caption (two views, the momentum view)
 }
 
 

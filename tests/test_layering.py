@@ -24,7 +24,7 @@ LAYERS = [
     ["advss.protocol", "advss.classmap", "advss.step", "advss.fast"],  # base: no advss imports but protocol
     # and the graph path's modules above
     ["advss.io"],  # files, seeds, devices, provenance
-    ["advss.imagefolder", "advss.models", "advss.tables"],  # image folders, models, table writers
+    ["advss.imagefolder", "advss.models", "advss.dualbn", "advss.tables"],  # image folders, models (dual BN), table writers
     ["advss.data"],
     ["advss.pretext.base"],
     ["advss.pretext.rotation", "advss.pretext.jigsaw"],

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from advss.attacks import Threat
 from advss.objectives import trades
-from advss.pretext.contrastive import DualBatchNorm
+from advss.dualbn import DualBatchNorm
 
 THREAT = Threat(eps=8 / 255, step=2 / 255, steps=3, bn_mode="eval")
 
@@ -72,7 +72,7 @@ def test_dual_bn_routes_clean_and_adversarial_inputs_through_their_own_copy():
     the adversarial logits through the adversarial BN (its inputs are the attack's iterates, not x)."""
     model = _net(dual=True)
     dual = model[0]
-    dual.route_adv = True  # as a dual-BN fine-tuning leaves it between steps (advss.pretext.contrastive.dual_bn_finetune)
+    dual.route_adv = True  # as a dual-BN fine-tuning leaves it between steps (advss.dualbn.dual_bn_finetune)
     got = {"clean": [], "adv": []}
     for name in got:
         getattr(dual, name).register_forward_pre_hook(lambda m, inp, name=name: got[name].append(inp[0].detach()))
