@@ -531,7 +531,7 @@ PAPER_FIGURE1_EPOCHS = {"Ensemble fine-tune": 144, "Baseline": 99, "Ensemble pre
 # (clean %, AutoAttack %, architecture, fine-tuning, source). RobustSSL_Benchmark re-evaluates
 # the published checkpoints with AFF (dual-BN TRADES for ACL/DynACL) and AutoAttack; RobustBench lists this paper's
 # ensemble of three ResNet-50s (Chen2020Adversarial), its only self-supervised entry.
-RSB_README = "RobustSSL_Benchmark's README (GodXuxilie/RobustSSL_Benchmark, its table until 3b85d40), AFF + AutoAttack"
+RSB_README = "RobustSSL_Benchmark's README (GodXuxilie/RobustSSL_Benchmark, @8ec7fc4, the last commit that shows its table), AFF + AutoAttack"
 PUBLISHED_ROBUST_SSL = {
     "acl": (81.25, 49.62, "ResNet-18", "AFF", RSB_README),
     "dynacl": (81.86, 50.52, "ResNet-18", "AFF", RSB_README),
