@@ -136,3 +136,30 @@ def test_committed_record_matches_the_config():
     for r in rows:
         assert int(r["n_seeds"]) == len(cfg["seeds"])
     assert "fashion-mnist-cpu.yaml" in (RECORD / "README.md").read_text()
+
+
+def test_committed_record_has_a_control_for_every_method():
+    """The record's compute table and claims: the ladder's rungs and every pretrained method of
+    the config (each task's (P3,F4), each successor's AFF), all seeds, each method compared with
+    a rung at or above its passes per image, none reading 'no control at this compute'."""
+    cfg = yaml.safe_load(CONFIG.read_text())
+    for name in ("compute.csv", "compute.md", "robust_ssl.csv", "robust_ssl.md"):
+        assert (RECORD / name).stat().st_size > 0, name
+    b = passes(cfg)
+    rows = {r["model"]: r for r in csv.DictReader((RECORD / "compute.csv").open())}
+    rungs = {P.model_label("scratch", ft) if ft != "full-adv" else "(P1,F4)": n for ft, n in b["rungs"].items()}
+    methods = {**{f"(P3,F4) {TASK_LABEL[t]}": b["methods"][t] for t in cfg["pretrain"]["tasks"]},
+               **{f"{P.CONTRASTIVE_LABEL[m]} ({P.CONTRASTIVE[m]['p']},AFF)": b["methods"][m]
+                  for m in cfg["robust_ssl"]["methods"]}}
+    assert set(rows) == set(rungs) | set(methods)
+    for label, n in {**rungs, **methods}.items():
+        assert float(rows[label]["passes"]) == n and int(rows[label]["n_seeds"]) == len(cfg["seeds"]), label
+    claims = [r for r in csv.DictReader((RECORD / "claims.csv").open()) if "at the same compute" in r["claim"]]
+    assert len(claims) == len(methods)
+    for label, n in methods.items():
+        control = min(r for r in rungs.values() if r >= n)
+        assert rows[label]["control"] == f"{next(k for k, v in rungs.items() if v == control)} ({control})"
+        (c,) = [r for r in claims if r["task"].startswith(label + " vs ")]
+        assert int(c["n_seeds"]) == len(cfg["seeds"]) and c["verdict"] != "no control at this compute"
+    acl = [r for r in csv.DictReader((RECORD / "robust_ssl.csv").open()) if r["key"] == "acl"]
+    assert len(acl) == 1 and int(float(acl[0]["n_seeds"])) == len(cfg["seeds"])
