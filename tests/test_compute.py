@@ -54,3 +54,15 @@ def test_the_figure_plots_each_seed_and_the_ladder_as_a_line(tmp_path, monkeypat
     # one small point per seed for each of the 4 rungs and 4 methods
     scatters = [c for c in ax.collections if len(c.get_offsets()) == len(SEEDS)]
     assert len(scatters) >= 8
+
+
+def test_without_autoattack_the_figure_has_no_empty_panel_and_labelled_ticks(tmp_path, monkeypatch):
+    spec = ladder_folder(tmp_path)  # no AutoAttack result anywhere
+    seen = {}
+    monkeypatch.setattr(R, "save_figure", lambda fig, prefix: seen.update(fig=fig))
+    R.figure_compute(spec, tmp_path / "f")
+    fig = seen["fig"]
+    fig.canvas.draw()
+    assert [ax.get_ylabel() for ax in fig.axes] == ["PGD RA (%)", "TA (%)"]
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert len(labels) >= 3  # passes 20-60: more than the one decade tick

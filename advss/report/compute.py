@@ -7,6 +7,7 @@ table's "RA ≥ (P1,F4) at the same compute" rows read the same models."""
 from __future__ import annotations
 
 import math
+import textwrap
 
 import pandas as pd
 
@@ -81,8 +82,9 @@ def table_compute(spec: dict, prefix):
 
 
 def figure_compute(spec: dict, prefix):
-    """AutoAttack RA, PGD RA and TA (panels) against passes per image (log): one small point per
-    seed, the mean with its 95% t-interval over seeds, the ladder as a line through its means."""
+    """AutoAttack RA, PGD RA and TA (panels; a score no model has, such as AutoAttack where it did
+    not run, gets none) against passes per image (log): one small point per seed, the mean with
+    its 95% t-interval over seeds, the ladder as a line through its means."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,10 +94,14 @@ def figure_compute(spec: dict, prefix):
     per_seed, agg = compute_frame(spec), compute_agg(spec)
     agg = agg[agg["passes"].notna()]
     per_seed = per_seed[per_seed["passes"].notna()]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), sharex=True)
+    keys = [k for k in VALUES if agg[k].notna().any()] or ["ra"]  # a score no model has gets no empty panel
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys), 4.2), sharex=True, squeeze=False)
+    axes = axes[0]
+    span = agg["passes"].max() / agg["passes"].min() if len(agg) else 1.0
+    subs = tuple(range(1, 10)) if span < 20 else (1, 2, 5)  # a narrow range still gets labelled ticks
     colors = iter(plt.cm.tab10.colors[1:] * 3)
     style = {r.model: ("k", "s") if r.kind == "ladder" else (next(colors), "o") for r in agg.itertuples()}
-    for ax, key in zip(axes, VALUES):
+    for ax, key in zip(axes, keys):
         ladder = agg[agg["kind"] == "ladder"].sort_values("passes")
         ax.plot(ladder["passes"], ladder[key], "-", color="k", lw=1, zorder=1,
                 label="(P1,F4) ladder: " + ", ".join(f"{p:g}" for p in ladder["passes"]))
@@ -107,18 +113,19 @@ def figure_compute(spec: dict, prefix):
             ax.errorbar(r.passes, getattr(r, key), yerr=None if math.isnan(err) else err, color=color, marker=marker,
                         ms=7, mec="k", capsize=3, lw=1, zorder=3, label="_" if r.kind == "ladder" else r.model)
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=subs))
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_ylabel(PANEL[key] + ("" if agg[key].notna().any() else ": not run"))
+        ax.set_ylabel(PANEL[key] + ("" if agg[key].notna().any() else ": no results"))
         ax.grid(alpha=0.3, which="both")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=4, bbox_to_anchor=(0.5, -0.02))
     fig.supxlabel("forward+backward passes per training image (log scale), pretraining included", fontsize=9,
                   y=0.16)
     n = int(agg["n_seeds"].min()) if len(agg) else 0
-    fig.suptitle(f"Robustness against training compute ({spec['run']}): small points one per seed, large the mean "
-                 f"with its 95% t-interval over seeds ({seeds_phrase(n)}); config {spec['config_hash']}", fontsize=9)
+    title = (f"Robustness against training compute ({spec['run']}): small points one per seed, large the mean "
+             f"with its 95% t-interval over {n} seed{'s' if n != 1 else ''}; config {spec['config_hash']}")
+    fig.suptitle(textwrap.fill(title, 60 * len(keys)), fontsize=9)
     fig.tight_layout(rect=(0, 0.15, 1, 0.95))
     save_figure(fig, prefix)
     plt.close(fig)
