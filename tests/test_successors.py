@@ -73,3 +73,16 @@ def test_successor_claim_compares_the_best_of_each_generation(tmp_path):
     assert len(y) == 64 and hits.dtype == bool
     assert successor_claims(_spec(tmp_path, robust_ssl_methods=["simclr"])) == []  # no P3 method: no row
     assert successor_claims({k: v for k, v in _spec(tmp_path).items() if k != "robust_ssl_methods"}) == []
+
+
+def test_the_caption_names_robustssl_benchmarks_protocol_only_where_the_rows_ran_it(tmp_path):
+    _fake_run(tmp_path)
+    table_robust_ssl(_spec(tmp_path), tmp_path / "rsb")
+    assert "as RobustSSL_Benchmark @319a200 runs them" in (tmp_path / "rsb.md").read_text()
+    d = tmp_path / "finetune" / "acl" / "full-adv" / "seed0"  # the fashion-mnist-cpu record's ACL: Madry AT, fit split
+    meta = {"epochs_to_best": 3, "epochs_run": 4, "spec_hash": "x",
+            "spec": {"objective": {"kind": "adversarial"}, "threat": {"train_steps": 3}, "select_by": "val_ra"}}
+    write_json(d / "meta.json", meta)
+    table_robust_ssl(_spec(tmp_path), tmp_path / "own")
+    md = (tmp_path / "own.md").read_text()
+    assert "not as RobustSSL_Benchmark runs them" in md and "as RobustSSL_Benchmark @319a200 runs them" not in md

@@ -78,17 +78,23 @@ def table_robust_ssl(spec: dict, prefix):
     n = int(agg["n_seeds"].min())
     bf16 = ("the pretrainings ran in bf16 autocast (meta.json), where ACL's and DynACL's code runs fp32"
             if frame["pretrain_bf16"].any() else "the pretrainings ran in fp32, as ACL's and DynACL's code")
+    # The protocol sentence follows the rows' specs: robust-ssl.yaml runs RSB's, another config its own.
+    successor = ~frame["key"].isin(P.TASKS)
+    rsb = bool(successor.any()) and (frame.loc[successor, "data_selection"] == "all training images, last epoch").all()
+    protocol = ("the contrastive rows as RobustSSL_Benchmark @319a200 runs them (SLF: CE on the linear head; ALF: "
+                "PGD-10 cross-entropy AT; AFF: TRADES β = 6, for ACL and DynACL with dual BN, the clean input through "
+                "the clean BN and the adversarial one through the adversarial BN, the adversarial copy evaluated; all "
+                "training images, the last epoch, the head zeroed)" if rsb else
+                "the contrastive rows as this config sets them, not as RobustSSL_Benchmark runs them (config/"
+                "robust-ssl.yaml does: TRADES with dual BN for AFF, all training images, the last epoch)")
     caption = (f"Successors ({spec['run']}, {spec['arch']}): the 2020 pretext tasks' (P3,F4) beside the contrastive "
                f"family pretrained by the same loop: SimCLR (P2), ACL (DS, dual BN; P3), DynACL (ACL with its annealed "
                f"augmentation and momentum encoder; P3), DynACL++ where listed (DynACL's model post-processed as "
                f"PKU-ML/DYNACL @7d143db: k-means pseudo-labels on its features, linear probing then TRADES "
                f"fine-tuning on them; its hours sum the three jobs); fine-tuning by the successors' names SLF = F1 (partial ST), ALF = F2 (partial AT), "
-               f"AFF = F4 (full AT). Each row's fine-tuning and its data and selection are read from the job's spec: "
-               f"the contrastive rows as RobustSSL_Benchmark @319a200 runs them (SLF: CE on the linear head; ALF: PGD-10 "
-               f"cross-entropy AT; AFF: TRADES β = 6, for ACL and DynACL with dual BN, the clean input through the clean "
-               f"BN and the adversarial one through the adversarial BN, the adversarial copy evaluated; all training "
-               f"images, the last epoch, the head zeroed); the 2020 tasks' rows TRADES on the 2020 split (45k fit / 5k "
-               f"validation) with the best validation RA. Test TA / RA (PGD-{spec['eval_steps']}, %), the epoch of the "
+               f"AFF = F4 (full AT). Each row's fine-tuning and its data and selection are read from the job's spec "
+               f"(its columns): {protocol}; the 2020 tasks' rows on the 2020 split (fit / validation) with the best "
+               f"validation RA. Test TA / RA (PGD-{spec['eval_steps']}, %), the epoch of the "
                f"model kept, the pretraining's training hours on its device (meta.json), {seeds_phrase(n)}. "
                f"'Paper TA/RA': the 2020 paper's (P3,F4), ResNet-50, PGD-20; 'Published': clean and AutoAttack RA of "
                f"the published models at ε = 8/255, with their sources (other architectures and budgets: read them as "
