@@ -234,11 +234,10 @@ def test_dry_run_cards_carry_the_config_metadata_and_need_autoattack(tmp_path):
     import yaml
 
     from conftest import ROOT
-    from test_robust_ssl_workflow import SNAKEFILE, _dry, _specs
+    from test_robust_ssl_workflow import SNAKEFILE, _dry, _specs, robust_ssl_dry
 
     cfg = yaml.safe_load((ROOT / "config/robust-ssl.yaml").read_text())
-    out, jobs = _dry(["-s", str(SNAKEFILE), "-d", str(tmp_path), "--configfile", str(ROOT / "config/robust-ssl.yaml")],
-                     tmp_path)
+    out, jobs = robust_ssl_dry()
     cards = {s["name"].split(", run")[0]: s for s in _specs(out, "card")}
     assert len(cards) == jobs["model_card"] == 12  # SimCLR, ACL, DynACL, DynACL++ × SLF, ALF, AFF
     assert cards["advss DynACL++ (P3,F4) AFF"]["reported"] == 50.34  # RSB's README

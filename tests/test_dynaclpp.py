@@ -138,18 +138,16 @@ def test_the_budget_of_dynaclpp_includes_its_lp_and_aft(tmp_path):
     assert P.pretrain_chain("dynacl") == ["dynacl"] and P.pretrain_chain("scratch") == []
 
 
-def test_robust_ssl_dry_run_chains_dynaclpp_after_dynacl(tmp_path):
+def test_robust_ssl_dry_run_chains_dynaclpp_after_dynacl():
     """config/robust-ssl.yaml's dry run: DynACL's pretraining → pseudo-labels (k-means, 10
     clusters, clean BN) → LP on them (head only, 10 epochs, lr 0.01) → AFT from LP's model and
     probed head (TRADES, 25 epochs, milestones [10, 20]) → SLF, ALF and AFF from AFT's model,
     each job reading the previous one's output."""
     import shlex
 
-    from conftest import ROOT
-    from test_robust_ssl_workflow import SNAKEFILE, _dry
+    from test_robust_ssl_workflow import robust_ssl_dry
 
-    out, jobs = _dry(["-s", str(SNAKEFILE), "-d", str(tmp_path), "--configfile",
-                      str(ROOT / "config" / "robust-ssl.yaml")], tmp_path)
+    out, jobs = robust_ssl_dry()
     assert jobs["pseudolabel"] == 1 and jobs["dynaclpp_stage"] == 2
     key = "python -m advss "
     cmds = [shlex.split(line[line.index(key):]) for line in out.splitlines() if key in line]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import functools
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import yaml
@@ -26,6 +28,14 @@ def _dry(cmd, cwd):
     return p.stdout, {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
+@functools.lru_cache(maxsize=None)
+def robust_ssl_dry():
+    """The dry run of config/robust-ssl.yaml (stdout, job counts), made once per test session:
+    several test files read it, and each snakemake start costs ~10 s on 2 cores."""
+    work = tempfile.mkdtemp(prefix="advss-robust-ssl-dry-")
+    return _dry(["-s", str(SNAKEFILE), "-d", work, "--configfile", str(ROOT / "config" / "robust-ssl.yaml")], work)
+
+
 def _specs(out, command):
     """The --spec of every `python -m advss <command>` line of a dry run."""
     key = f"python -m advss {command} "
@@ -42,8 +52,7 @@ def _finetune_specs(out):
 
 def test_robust_ssl_config_lists_the_successors_jobs(tmp_path):
     cfg = yaml.safe_load((ROOT / "config" / "robust-ssl.yaml").read_text())
-    out, jobs = _dry(["-s", str(SNAKEFILE), "-d", str(tmp_path), "--configfile", str(ROOT / "config" / "robust-ssl.yaml")],
-                     tmp_path)
+    out, jobs = robust_ssl_dry()
     methods, tasks, modes = cfg["robust_ssl"]["methods"], cfg["pretrain"]["tasks"], cfg["robust_ssl"]["finetune"]
     pretrained = [m for m in methods if m in P.CONTRASTIVE]  # DynACL++ post-processes DynACL's (test_dynaclpp)
     assert jobs["pretrain"] == len(pretrained) + len(tasks)  # each contrastive method, and each 2020 task's P3
