@@ -62,6 +62,7 @@ def test_table_has_the_results_and_the_published_figures(tmp_path):
     md = (tmp_path / "robust_ssl.md").read_text()
     assert "SLF = F1" in md and "AFF = F4" in md and "TRADES" in md and "DynACL++" in md
     assert "Data, selection" in md and "bf16" in md and "@319a200" in md
+    assert "starts its attack from N(0, 0.001²) noise" in md  # a kept difference from RSB, named
 
 
 def test_successor_claim_compares_the_best_of_each_generation(tmp_path):

@@ -100,5 +100,7 @@ def table_robust_ssl(spec: dict, prefix):
                f"the published models at ε = 8/255, with their sources (other architectures and budgets: read them as "
                f"context, not as a replication target at this config's scale). Kept differences from the reference "
                f"code: {bf16}; the augmentation runs on the device (crop by grid sampling, hue as a YIQ rotation, "
-               f"not PIL's); every fine-tuning validates each epoch (RSB: none).{aa_note}")
+               f"not PIL's); every fine-tuning validates each epoch (RSB: none); single-BN TRADES (SimCLR's AFF, "
+               f"DynACL++'s AFT on pseudo-labels) starts its attack from N(0, 0.001²) noise, where RSB's and "
+               f"DynACL's trades_loss start at x itself, at which the KL's gradient is zero.{aa_note}")
     return write_table(display, agg, prefix, caption, spec["config_hash"])
